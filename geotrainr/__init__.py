@@ -1,0 +1,3 @@
+"""geotrainr: single-image geolocation of street-level photos (PyTorch Lightning + timm)."""
+
+__version__ = "0.1.0"

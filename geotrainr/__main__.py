@@ -1,0 +1,3 @@
+from geotrainr.cli import entry
+
+entry()

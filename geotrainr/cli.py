@@ -1,0 +1,93 @@
+"""The ``geotrainr`` command: LightningCLI verbs plus the library's own verbs.
+
+``fit/validate/test/predict`` go to LightningCLI (configs, dotted overrides,
+``--print_config``). Every other verb is an argparse command in
+``geotrainr/commands/<verb>.py`` exposing ``build_parser(prog)`` and ``run(args)``.
+A user mistake (any :class:`GeotrainrError`) prints one line and exits 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+
+from geotrainr import __version__
+from geotrainr.errors import GeotrainrError
+
+LIGHTNING_VERBS = {
+    "fit": "train a task from a config (e.g. --config configs/country.yaml)",
+    "validate": "evaluate a checkpoint on the validation split; prints and saves the metrics",
+    "test": "evaluate a checkpoint on the test split; prints and saves the metrics",
+    "predict": "write per-image predictions of a checkpoint (CSV or JSON)",
+}
+
+#: verb -> (module under geotrainr.commands, one-line description)
+COMMANDS = {
+    "index": ("index", "build a validated parquet index from a folder or a CSV"),
+    "demo-data": ("demo", "build the offline demo dataset (aerial stand-in) and print its index path"),
+    "scrape": ("scrape", "collect a Street View dataset from GeoNames places (resumable, budgeted)"),
+}
+
+
+def _usage() -> str:
+    width = max(len(v) for v in [*LIGHTNING_VERBS, *COMMANDS])
+    lines = [
+        f"usage: geotrainr <verb> [options]    (geotrainr <verb> --help for a verb's options)",
+        "",
+        "Single-image geolocation of street-level photos: train, evaluate and use country,",
+        "coordinate and distance models.",
+        "",
+        "training (LightningCLI):",
+    ]
+    lines += [f"  {v:<{width}}  {d}" for v, d in LIGHTNING_VERBS.items()]
+    lines += ["", "data and models:"]
+    lines += [f"  {v:<{width}}  {d}" for v, (_, d) in COMMANDS.items()]
+    lines += ["", "options:", f"  {'-h, --help':<{width}}  show this message", f"  {'--version':<{width}}  print the version"]
+    return "\n".join(lines)
+
+
+def _error(verb: str, message: str) -> int:
+    print(f"geotrainr {verb}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def main(args: Sequence[str] | None = None) -> int:
+    """Entry point of the ``geotrainr`` command; returns the exit code."""
+    argv = list(sys.argv[1:] if args is None else args)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        print(f"geotrainr {__version__}")
+        return 0
+    verb, rest = argv[0], argv[1:]
+    if verb in LIGHTNING_VERBS:
+        from geotrainr.lightning_cli import run_lightning
+
+        try:
+            return run_lightning(verb, rest)
+        except GeotrainrError as e:
+            return _error(verb, str(e))
+    if verb not in COMMANDS:
+        return _error(verb, f"unknown verb {verb!r}; run 'geotrainr --help' for the list")
+    module = importlib.import_module(f"geotrainr.commands.{COMMANDS[verb][0]}")
+    parser = module.build_parser(f"geotrainr {verb}")
+    try:
+        ns = parser.parse_args(rest)
+    except SystemExit as e:  # argparse: --help (0) or a usage error (2)
+        return int(e.code or 0)
+    try:
+        return int(module.run(ns) or 0)
+    except GeotrainrError as e:
+        return _error(verb, str(e))
+    except KeyboardInterrupt:
+        return _error(verb, "interrupted")
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

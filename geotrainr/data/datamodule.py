@@ -1,0 +1,161 @@
+"""GeoDataModule: an index on disk -> train/val/test/predict loaders."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch.utils.data import DataLoader
+
+from geotrainr.countries import get_country
+from geotrainr.data.dataset import GeoDataset, Preprocessing, build_transform, collate_skip
+from geotrainr.data.index import IndexValidationError, assign_splits, index_root, read_index, validate_index
+
+
+def resolve_index(index: str | os.PathLike) -> Path:
+    """``"demo"`` means the cached offline demo data (built on first use)."""
+    if str(index) == "demo":
+        from geotrainr.data.demo import ensure_demo
+
+        return ensure_demo()
+    return Path(index)
+
+
+class GeoDataModule(L.LightningDataModule):
+    """Loads an image index for the geolocation tasks.
+
+    The class list (``countries``, ``num_classes``) is known right after
+    ``__init__`` so that LightningCLI can link it to the model. Image size and
+    normalisation come from the model when a Trainer attaches one (its timm data
+    config), else from :meth:`set_preprocessing`.
+
+    Args:
+        index: parquet index file or shard folder, or ``"demo"`` for the offline demo data.
+        countries: fixed class list (ISO codes, in class order); default: the countries of the training split.
+        batch_size: images per batch (per device).
+        num_workers: loader processes; 0 decodes in the main process.
+        pin_memory: page-locked batches for faster GPU copies; default: on when CUDA is present.
+        augment: random resized crop and colour jitter for training.
+        hflip: random horizontal flips. Off by default: they swap the driving side.
+        strict: raise on an unreadable image instead of skipping and counting it.
+        draft_decode: let the JPEG decoder downscale large images while decoding.
+        predict_split: rows that ``predict`` runs on (train, val, test or all).
+        seed: seed of the fallback random split for an index without a split column.
+    """
+
+    def __init__(
+        self,
+        index: str = "demo",
+        countries: list[str] | None = None,
+        batch_size: int = 64,
+        num_workers: int = 2,
+        pin_memory: bool | None = None,
+        augment: bool = True,
+        hflip: bool = False,
+        strict: bool = False,
+        draft_decode: bool = True,
+        predict_split: str = "val",
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["countries"])  # the model logs the resolved class list
+        self.index_path = resolve_index(index)
+        self.root = index_root(self.index_path)
+        meta = read_index(self.index_path, columns=["country", "split", "lat", "lon", "image_path"])
+        self._has_split = "split" in meta.columns
+        if countries:
+            self.countries = [get_country(c).iso2 for c in countries]
+        else:
+            train = meta[meta["split"] == "train"] if self._has_split else meta
+            self.countries = sorted(train["country"].str.upper().unique().tolist())
+        if not self.countries:
+            raise IndexValidationError(f"{self.index_path}: the training split holds no rows")
+        self.num_classes = len(self.countries)
+        self.preprocessing = Preprocessing()
+        self.frames: dict[str, object] = {}
+        self.skipped = {"train": 0, "val": 0, "test": 0, "predict": 0}
+
+    # --- configuration -----------------------------------------------------
+
+    def set_preprocessing(self, pre: Preprocessing) -> None:
+        """Image size and normalisation to produce (the model's data config)."""
+        self.preprocessing = pre
+
+    def setup(self, stage: str | None = None) -> None:
+        model = self.trainer.lightning_module if self.trainer is not None else None
+        if model is not None and getattr(model, "preprocessing", None) is not None:
+            self.preprocessing = model.preprocessing
+        if self.frames:
+            return
+        df = validate_index(read_index(self.index_path))
+        if not self._has_split:
+            rank_zero_warn(f"{self.index_path} has no split column: using a seeded random 80/20 split")
+            df = assign_splits(df, "random", val=0.2, seed=self.hparams.seed)
+        for split in ("train", "val", "test"):
+            self.frames[split] = df[df["split"] == split]
+        if len(self.frames["test"]) == 0:
+            self.frames["test"] = self.frames["val"]
+        self.frames["all"] = df
+        unseen = sorted(set(df["country"]) - set(self.countries))
+        if unseen:
+            rank_zero_info(f"countries outside the class list (kept for coordinate metrics): {', '.join(unseen)}")
+
+    def dataset(self, split: str, train: bool = False) -> GeoDataset:
+        if not self.frames:
+            self.setup()
+        if split not in self.frames:
+            raise ValueError(f"unknown split {split!r}; use train, val, test or all")
+        transform = build_transform(self.preprocessing, train=train, hflip=self.hparams.hflip, augment=self.hparams.augment)
+        draft = self.preprocessing.image_size * 2 if self.hparams.draft_decode else None
+        return GeoDataset(self.frames[split], self.root, transform, self.countries, self.hparams.strict, draft)
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        ds = self.dataset(split, train)
+        if len(ds) == 0:
+            raise IndexValidationError(f"{self.index_path}: the {split} split is empty")
+        workers = self.hparams.num_workers
+        pin = torch.cuda.is_available() if self.hparams.pin_memory is None else self.hparams.pin_memory
+        return DataLoader(
+            ds,
+            batch_size=self.hparams.batch_size,
+            shuffle=train,
+            drop_last=train and len(ds) > self.hparams.batch_size,
+            num_workers=workers,
+            pin_memory=pin,
+            persistent_workers=workers > 0,
+            collate_fn=collate_skip,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.hparams.predict_split, train=False)
+
+    # --- skipped images ----------------------------------------------------
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        skipped = batch.pop("skipped", 0) if isinstance(batch, dict) else 0
+        if skipped and self.trainer is not None:
+            stage = self.trainer.state.stage.value if self.trainer.state.stage else "train"
+            stage = {"validate": "val", "sanity_check": "val"}.get(stage, stage)
+            self.skipped[stage if stage in self.skipped else "train"] += int(skipped)
+        return batch
+
+    def pop_skipped(self, stage: str) -> int:
+        n, self.skipped[stage] = self.skipped[stage], 0
+        return n
+
+    def class_centres(self) -> np.ndarray:
+        """(num_classes, 2) centres of the classes, for anchors and country guesses."""
+        return np.array([(get_country(c).lat, get_country(c).lon) for c in self.countries], dtype=np.float64)

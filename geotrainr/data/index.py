@@ -1,0 +1,369 @@
+"""The image index: one parquet file (or a folder of parquet shards) per dataset.
+
+This module is the one place that knows the schema. ``image_path`` is relative
+to the folder that holds the index (the parent of the file or of the shard
+folder). Writers are atomic: a reader never sees a half-written file.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import re
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from geotrainr.countries import country_table
+from geotrainr.errors import GeotrainrError
+from geotrainr.geo import km_per_degree_lat
+
+SPLITS = ("train", "val", "test")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+
+#: Column name -> arrow type. image_path or image is required, lat/lon/country always.
+SCHEMA = {
+    "image_path": pa.string(),
+    "image": pa.binary(),
+    "lat": pa.float64(),
+    "lon": pa.float64(),
+    "country": pa.string(),
+    "split": pa.string(),
+    "pano_id": pa.string(),
+    "heading": pa.float64(),
+    "pitch": pa.float64(),
+    "fov": pa.float64(),
+    "capture_date": pa.string(),
+    "place_id": pa.string(),
+    "source": pa.string(),
+}
+REQUIRED = ("lat", "lon", "country")
+
+
+class IndexValidationError(GeotrainrError, ValueError):
+    """The index (or its source) breaks the contract; the message names the row and the problem."""
+
+
+def index_root(path: str | os.PathLike) -> Path:
+    """Folder that ``image_path`` values are relative to."""
+    return Path(path).resolve().parent
+
+
+def _row_label(df: pd.DataFrame, i: int) -> str:
+    if "image_path" in df.columns and isinstance(df["image_path"].iloc[i], str):
+        return f"row {i} ({df['image_path'].iloc[i]})"
+    return f"row {i}"
+
+
+def _show(value) -> str:
+    """A cell value for an error message: numbers plainly, anything else quoted."""
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return str(float(value))
+    return repr(value)
+
+
+def read_index(path: str | os.PathLike, columns: Iterable[str] | None = None) -> pd.DataFrame:
+    """Read an index file or shard folder; ``columns`` reads only those (fast for large sets)."""
+    path = Path(path)
+    if not path.exists():
+        raise IndexValidationError(f"{path}: no such index file or folder")
+    try:
+        if path.is_dir():
+            shards = sorted(p for p in path.glob("*.parquet") if not p.name.startswith((".", "_")))
+            if not shards:
+                raise IndexValidationError(f"{path}: folder holds no parquet shard")
+            present = set(pq.read_schema(shards[0]).names)
+            cols = [c for c in columns if c in present] if columns is not None else None
+            table = pa.concat_tables([pq.read_table(s, columns=cols) for s in shards], promote_options="default")
+        else:
+            present = set(pq.read_schema(path).names)
+            cols = [c for c in columns if c in present] if columns is not None else None
+            table = pq.read_table(path, columns=cols)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise IndexValidationError(f"{path}: not a readable parquet index ({e})") from None
+    return table.to_pandas()
+
+
+def validate_index(df: pd.DataFrame, root: str | os.PathLike | None = None, check_images: bool = False) -> pd.DataFrame:
+    """Check every row against the contract and return a normalised copy.
+
+    Raises :class:`IndexValidationError` naming the first bad row. Country codes
+    are upper-cased; ``check_images`` opens every image (slow, thorough).
+    """
+    if len(df) == 0:
+        raise IndexValidationError("the index is empty: no image rows")
+    missing = [c for c in REQUIRED if c not in df.columns]
+    if missing:
+        raise IndexValidationError(f"missing required column(s): {', '.join(missing)}")
+    if "image_path" not in df.columns and "image" not in df.columns:
+        raise IndexValidationError("the index needs an 'image_path' or an 'image' column")
+    df = df.reset_index(drop=True).copy()
+    if "image_path" in df.columns:
+        has_path = df["image_path"].map(lambda p: isinstance(p, str) and p != "").to_numpy()
+    else:
+        has_path = np.zeros(len(df), bool)
+    has_bytes = df["image"].notna().to_numpy() if "image" in df.columns else np.zeros(len(df), bool)
+    bad = np.flatnonzero(~(has_path | has_bytes))
+    if len(bad):
+        raise IndexValidationError(f"{_row_label(df, bad[0])}: no image_path and no image bytes")
+    for col, lo, hi in (("lat", -90.0, 90.0), ("lon", -180.0, 180.0)):
+        values = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=float)
+        bad = np.flatnonzero(~np.isfinite(values) | (values < lo) | (values > hi))
+        if len(bad):
+            raise IndexValidationError(
+                f"{_row_label(df, bad[0])}: {col} {_show(df[col].iloc[bad[0]])} is not a number in [{lo:g}, {hi:g}]"
+            )
+        df[col] = values
+    country = df["country"].map(lambda c: c.strip().upper() if isinstance(c, str) else c)
+    known = set(country_table())
+    bad = np.flatnonzero(~country.isin(known).to_numpy())
+    if len(bad):
+        raise IndexValidationError(f"{_row_label(df, bad[0])}: unknown country code {df['country'].iloc[bad[0]]!r}")
+    df["country"] = country.astype(str)
+    if "split" in df.columns:
+        bad = np.flatnonzero(~df["split"].isin(SPLITS).to_numpy())
+        if len(bad):
+            raise IndexValidationError(
+                f"{_row_label(df, bad[0])}: split {df['split'].iloc[bad[0]]!r} is not one of {', '.join(SPLITS)}"
+            )
+    if has_path.any():
+        paths = df["image_path"][has_path]
+        dup = paths.duplicated()
+        if dup.any():
+            i = int(paths.index[dup.to_numpy()][0])
+            raise IndexValidationError(f"{_row_label(df, i)}: duplicate image_path")
+    if check_images:
+        check_all_images(df, root)
+    return df
+
+
+def check_all_images(df: pd.DataFrame, root: str | os.PathLike | None) -> None:
+    """Open and fully decode every image; raise on the first that fails."""
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    root = Path(root) if root is not None else Path.cwd()
+    for i in tqdm(range(len(df)), desc="checking images", unit="img", leave=False, mininterval=1.0):
+        try:
+            with open_image_source(df, i, root) as f, Image.open(f) as im:
+                im.load()
+        except Exception as e:  # noqa: BLE001 - any decoder error means an unusable image
+            raise IndexValidationError(f"{_row_label(df, i)}: unreadable image ({type(e).__name__}: {e})") from None
+
+
+def open_image_source(df: pd.DataFrame, i: int, root: Path):
+    """A binary file object for row ``i``: embedded bytes first, else the file."""
+    if "image" in df.columns:
+        data = df["image"].iloc[i]
+        if data is not None and not (isinstance(data, float) and math.isnan(data)):
+            return io.BytesIO(data)
+    return open(os.path.normpath(root / df["image_path"].iloc[i]), "rb")  # the index folder may not exist yet
+
+
+def _to_table(df: pd.DataFrame) -> pa.Table:
+    fields = [pa.field(c, SCHEMA[c]) if c in SCHEMA else None for c in df.columns]
+    schema_fields = []
+    for c, f in zip(df.columns, fields):
+        schema_fields.append(f if f is not None else pa.field(c, pa.Schema.from_pandas(df[[c]], preserve_index=False).field(c).type))
+    return pa.Table.from_pandas(df.reset_index(drop=True), schema=pa.schema(schema_fields), preserve_index=False)
+
+
+def write_parquet_atomic(table: pa.Table, path: str | os.PathLike) -> Path:
+    """Write ``table`` to ``path`` through a temporary file in the same folder, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_index(df: pd.DataFrame, path: str | os.PathLike, shard_rows: int | None = None) -> Path:
+    """Write an index atomically: one file, or a folder of shards of ``shard_rows`` rows.
+
+    A shard folder is assembled beside the target and renamed into place, so an
+    existing index is replaced only once the new one is complete.
+    """
+    path = Path(path)
+    if not shard_rows or len(df) <= shard_rows:
+        return write_parquet_atomic(_to_table(df), path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        for n, start in enumerate(range(0, len(df), shard_rows)):
+            pq.write_table(_to_table(df.iloc[start : start + shard_rows]), tmp_dir / f"part-{n:05d}.parquet", compression="zstd")
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+            os.replace(tmp_dir, path)
+            _remove(old)
+        else:
+            os.replace(tmp_dir, path)
+    except BaseException:
+        _remove(tmp_dir)
+        raise
+    return path
+
+
+def _remove(p: Path) -> None:
+    import shutil
+
+    if p.is_dir():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        p.unlink(missing_ok=True)
+
+
+# --- splits -----------------------------------------------------------------
+
+
+def block_cells(lat: np.ndarray, lon: np.ndarray, block_km: float) -> np.ndarray:
+    """Integer id of the roughly ``block_km`` x ``block_km`` cell each point falls in."""
+    if block_km <= 0:
+        raise IndexValidationError(f"--block-km must be positive, got {block_km}")
+    dlat = block_km / km_per_degree_lat()
+    row = np.floor((np.asarray(lat) + 90.0) / dlat).astype(np.int64)
+    band_centre = np.clip(-90.0 + (row + 0.5) * dlat, -89.9, 89.9)
+    dlon = dlat / np.cos(np.deg2rad(band_centre))
+    col = np.floor((np.asarray(lon) + 180.0) / dlon).astype(np.int64)
+    return row * 1_000_000 + col
+
+
+def assign_splits(
+    df: pd.DataFrame,
+    method: str = "random",
+    val: float = 0.2,
+    test: float = 0.0,
+    seed: int = 0,
+    block_km: float = 50.0,
+) -> pd.DataFrame:
+    """Add a ``split`` column: ``random`` per row, or ``block`` per geographic cell.
+
+    In a block split every row of one cell lands in the same split, so nearby
+    near-duplicate panoramas never straddle train and val.
+    """
+    if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
+        raise IndexValidationError(f"split fractions must satisfy 0 <= val, test and val + test < 1 (got {val}, {test})")
+    rng = np.random.default_rng(seed)
+    n = len(df)
+    if method == "random":
+        order = rng.permutation(n)
+        rank = np.empty(n, np.int64)
+        rank[order] = np.arange(n)
+        frac = (rank + 0.5) / n
+    elif method == "block":
+        cells = block_cells(df["lat"].to_numpy(float), df["lon"].to_numpy(float), block_km)
+        uniq, inverse, counts = np.unique(cells, return_inverse=True, return_counts=True)
+        perm = rng.permutation(len(uniq))
+        cum = np.cumsum(counts[perm]) - counts[perm] / 2.0
+        cell_frac = np.empty(len(uniq))
+        cell_frac[perm] = cum / n
+        frac = cell_frac[inverse]
+    else:
+        raise IndexValidationError(f"unknown split method {method!r} (use random or block)")
+    split = np.where(frac < test, "test", np.where(frac < test + val, "val", "train"))
+    out = df.copy()
+    out["split"] = split
+    return out
+
+
+# --- building an index from sources ------------------------------------------
+
+_SEED_NAME = re.compile(r"^(?P<cc>[A-Za-z]{2})_(?P<lat>[-+]?\d+(?:\.\d+)?),(?P<lon>[-+]?\d+(?:\.\d+)?)(?:[_\-].*)?$")
+
+
+def parse_seed_name(name: str) -> tuple[str, float, float]:
+    """``DE_52.52,13.40.png`` -> ("DE", 52.52, 13.40). Raises on any other name."""
+    m = _SEED_NAME.match(Path(name).stem)
+    if not m:
+        raise IndexValidationError(f"{name}: file name does not follow the CC_lat,lon.ext pattern (e.g. DE_52.52,13.40.png)")
+    return m["cc"].upper(), float(m["lat"]), float(m["lon"])
+
+
+def index_from_folder(folder: str | os.PathLike, index_dir: str | os.PathLike) -> pd.DataFrame:
+    """Rows for every image under ``folder`` named ``CC_lat,lon.ext``; paths relative to ``index_dir``."""
+    folder, index_dir = Path(folder).resolve(), Path(index_dir).resolve()
+    if not folder.is_dir():
+        raise IndexValidationError(f"{folder}: not a folder")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    rows = []
+    for p in files:
+        cc, lat, lon = parse_seed_name(p.name)
+        rows.append({"image_path": os.path.relpath(p, index_dir), "lat": lat, "lon": lon, "country": cc})
+    if not rows:
+        raise IndexValidationError(f"{folder}: no image files found")
+    return pd.DataFrame(rows)
+
+
+def index_from_csv(csv_path: str | os.PathLike, index_dir: str | os.PathLike) -> pd.DataFrame:
+    """Rows from a CSV with path, lat, lon[, country][, extra columns kept].
+
+    Paths are read relative to the CSV's folder and rewritten relative to
+    ``index_dir``. A missing or empty country is filled by offline reverse
+    geocoding (nearest GeoNames place).
+    """
+    csv_path, index_dir = Path(csv_path).resolve(), Path(index_dir).resolve()
+    try:
+        df = pd.read_csv(csv_path, dtype={"country": "string", "path": "string", "image_path": "string"}, keep_default_na=False, na_values=[""])
+    except FileNotFoundError:
+        raise IndexValidationError(f"{csv_path}: no such CSV file") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
+        raise IndexValidationError(f"{csv_path}: not a readable CSV ({e})") from None
+    if "image_path" not in df.columns and "path" in df.columns:
+        df = df.rename(columns={"path": "image_path"})
+    for col in ("image_path", "lat", "lon"):
+        if col not in df.columns:
+            raise IndexValidationError(f"{csv_path}: missing column {col!r} (need path,lat,lon[,country])")
+    if len(df) == 0:
+        raise IndexValidationError(f"{csv_path}: no rows")
+    for i, p in enumerate(df["image_path"]):
+        if not isinstance(p, str) or not p.strip():
+            raise IndexValidationError(f"{csv_path} row {i}: empty path")
+    base = csv_path.parent
+    df["image_path"] = [os.path.relpath((base / p).resolve(), index_dir) for p in df["image_path"]]
+    for col in ("lat", "lon"):
+        values = pd.to_numeric(df[col], errors="coerce")
+        bad = np.flatnonzero(values.isna().to_numpy())
+        if len(bad):
+            raise IndexValidationError(f"{csv_path} row {bad[0]} ({df['image_path'].iloc[bad[0]]}): {col} {_show(df[col].iloc[bad[0]])} is not a number")
+        df[col] = values.astype(float)
+    if "country" not in df.columns:
+        df["country"] = pd.NA
+    missing = df["country"].isna().to_numpy()
+    if missing.any():
+        from geotrainr.places import reverse_country
+
+        ok = missing & df["lat"].between(-90, 90).to_numpy() & df["lon"].between(-180, 180).to_numpy()
+        if ok.any():
+            df.loc[ok, "country"] = reverse_country(df.loc[ok, "lat"].to_numpy(), df.loc[ok, "lon"].to_numpy())
+    df["country"] = df["country"].astype(object)
+    return df
+
+
+def summarize(df: pd.DataFrame, min_rows: int = 10) -> str:
+    """Readable summary: rows per split, per country, and countries under ``min_rows``."""
+    lines = [f"{len(df)} images, {df['country'].nunique()} countries"]
+    if "split" in df.columns:
+        counts = df["split"].value_counts()
+        lines.append("split   rows")
+        lines += [f"{s:<7} {int(counts.get(s, 0)):>6}" for s in SPLITS if s in counts or s != "test"]
+    per = pd.crosstab(df["country"], df["split"]) if "split" in df.columns else df["country"].value_counts().to_frame("rows")
+    per["total"] = per.sum(axis=1)
+    per = per.sort_values("total", ascending=False)
+    lines.append("")
+    lines.append(per.to_string())
+    small = per.index[per["total"] < min_rows].tolist()
+    if small:
+        lines.append(f"\ncountries with fewer than {min_rows} rows: {', '.join(small)}")
+    return "\n".join(lines)

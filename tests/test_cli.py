@@ -1,0 +1,22 @@
+import subprocess
+import sys
+
+from geotrainr import __version__
+from geotrainr.cli import COMMANDS, LIGHTNING_VERBS, main
+
+
+def test_help_lists_every_verb(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for verb in [*LIGHTNING_VERBS, *COMMANDS]:
+        assert f"  {verb} " in out
+
+
+def test_version_and_module_entry():
+    r = subprocess.run([sys.executable, "-m", "geotrainr", "--version"], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == f"geotrainr {__version__}"
+
+
+def test_unknown_verb_exit_2(capsys):
+    assert main(["frobnicate"]) == 2
+    assert "unknown verb" in capsys.readouterr().err

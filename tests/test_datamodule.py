@@ -1,0 +1,103 @@
+import pandas as pd
+import pytest
+import torch
+
+from conftest import make_image
+from geotrainr.data import GeoDataModule
+from geotrainr.data.dataset import ImageLoadError, Preprocessing, load_rgb
+from geotrainr.data.index import write_index
+
+
+def test_batch_contents_and_class_list(tiny_index):
+    dm = GeoDataModule(str(tiny_index), batch_size=8, num_workers=0)
+    assert dm.countries == ["DE", "ES", "FR", "IT", "PL"] or dm.num_classes == len(dm.countries)
+    assert dm.countries == sorted(dm.countries) and dm.num_classes == len(dm.countries)
+    dm.set_preprocessing(Preprocessing(image_size=32))
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (8, 3, 32, 32) and batch["image"].dtype == torch.float32
+    assert batch["country"].dtype == torch.long and batch["latlon"].shape == (8, 2)
+    assert batch["skipped"] == 0
+    val = next(iter(dm.val_dataloader()))
+    frame = dm.frames["val"].reset_index(drop=True)
+    i = int(val["index"][0])
+    assert dm.countries[int(val["country"][0])] == frame["country"][i]
+    assert val["latlon"][0].tolist() == pytest.approx([frame["lat"][i], frame["lon"][i]], abs=1e-4)
+
+
+def test_fixed_country_list_and_unknown_code(tiny_index):
+    dm = GeoDataModule(str(tiny_index), countries=["fr", "DE"], num_workers=0)
+    assert dm.countries == ["FR", "DE"] and dm.num_classes == 2
+    with pytest.raises(Exception, match="unknown country code"):
+        GeoDataModule(str(tiny_index), countries=["XX"])
+
+
+def test_corrupt_and_missing_images_are_skipped_and_counted(tmp_path):
+    rows = []
+    for i in range(6):
+        make_image(tmp_path / f"{i}.png", i)
+        rows.append({"image_path": f"{i}.png", "lat": 50.0, "lon": 10.0 + i, "country": "DE", "split": "train"})
+    (tmp_path / "1.png").write_bytes(b"\x89PNG broken")
+    (tmp_path / "2.png").unlink()
+    idx = write_index(pd.DataFrame(rows), tmp_path / "index.parquet")
+    dm = GeoDataModule(str(idx), batch_size=6, num_workers=0, augment=False)
+    dm.set_preprocessing(Preprocessing(image_size=16))
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["skipped"] == 2 and len(batch["image"]) == 4
+    strict = GeoDataModule(str(idx), batch_size=6, num_workers=0, strict=True)
+    with pytest.raises(ImageLoadError, match="row 1"):
+        next(iter(strict.train_dataloader()))
+
+
+def test_embedded_bytes_match_files(tmp_path):
+    rows = []
+    for i in range(4):
+        p = make_image(tmp_path / f"{i}.jpg", i, size=64)
+        rows.append({"image_path": f"{i}.jpg", "image": p.read_bytes(), "lat": 45.0, "lon": 7.0, "country": "IT", "split": "val"})
+    df = pd.DataFrame(rows)
+    with_bytes = write_index(df, tmp_path / "b.parquet")
+    files_only = write_index(df.drop(columns="image"), tmp_path / "f.parquet")
+    out = []
+    for idx in (with_bytes, files_only):
+        dm = GeoDataModule(str(idx), countries=["IT"], batch_size=4, num_workers=0)
+        dm.set_preprocessing(Preprocessing(image_size=32))
+        dm.setup()
+        out.append(next(iter(dm.val_dataloader()))["image"])
+    torch.testing.assert_close(out[0], out[1])
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "L", "P", "CMYK"])
+def test_any_mode_loads_as_rgb(tmp_path, mode):
+    from PIL import Image
+
+    path = tmp_path / f"x.{'png' if mode != 'CMYK' else 'jpg'}"
+    Image.new(mode, (20, 10)).save(path)
+    with load_rgb(path) as im:
+        assert im.mode == "RGB" and im.size == (20, 10)
+
+
+def test_exif_rotation_is_applied(tmp_path):
+    from PIL import Image
+
+    im = Image.new("RGB", (40, 20), (200, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    im.save(tmp_path / "r.jpg", exif=exif)
+    with load_rgb(tmp_path / "r.jpg") as loaded:
+        assert loaded.size == (20, 40)
+
+
+def test_draft_decoding_gives_at_least_the_asked_size(tmp_path):
+    make_image(tmp_path / "big.jpg", 1, size=640)
+    with load_rgb(tmp_path / "big.jpg", draft_size=128) as im:
+        assert 128 <= min(im.size) < 640
+
+
+def test_no_horizontal_flip_by_default(tiny_index):
+    from torchvision import transforms as T
+
+    dm = GeoDataModule(str(tiny_index), num_workers=0)
+    ops = dm.dataset("train", train=True).transform.transforms
+    assert not any(isinstance(o, T.RandomHorizontalFlip) for o in ops)
+    dm_flip = GeoDataModule(str(tiny_index), num_workers=0, hflip=True)
+    assert any(isinstance(o, T.RandomHorizontalFlip) for o in dm_flip.dataset("train", train=True).transform.transforms)
