@@ -5,12 +5,14 @@ from __future__ import annotations
 import csv
 import json
 import os
+import sys
 from pathlib import Path
 
 import torch
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from geotrainr.countries import get_country
+from geotrainr.errors import GeotrainrError
 from geotrainr.data.datamodule import GeoDataModule
 from geotrainr.tasks.base import GeoTask
 
@@ -35,6 +37,28 @@ class GeoCLI(LightningCLI):
         tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True))
         os.replace(tmp, path)
         print(f"metrics written to {path}")
+
+    def after_fit(self) -> None:
+        """Print the last validation metrics and where the checkpoints are; close W&B runs."""
+        self._finish_wandb()
+        if not self.trainer.is_global_zero or self.trainer.fast_dev_run:
+            return
+        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("val/") and torch.as_tensor(v).numel() == 1}
+        if metrics:
+            print("\nvalidation after the last epoch:")
+            for k in sorted(metrics):
+                print(f"  {k:<22} {metrics[k]:.4f}")
+        ckpt = self.trainer.checkpoint_callback
+        if ckpt is not None and ckpt.best_model_path and ckpt.best_model_score is not None:
+            print(f"best checkpoint: {ckpt.best_model_path} ({ckpt.monitor} = {float(ckpt.best_model_score):.4f})")
+
+    def _finish_wandb(self) -> None:
+        """Finish W&B runs so that offline run folders hold their summary (and notebooks can start another)."""
+        from lightning.pytorch.loggers import WandbLogger
+
+        for logger in self.trainer.loggers:
+            if isinstance(logger, WandbLogger) and self.trainer.is_global_zero:
+                logger.experiment.finish()
 
     def after_validate(self) -> None:
         self._save_metrics("validate", "val/")
@@ -93,19 +117,40 @@ def write_rows(rows: list[dict], path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _user_error_in_chain(error: BaseException) -> GeotrainrError | None:
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, GeotrainrError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def run_lightning(verb: str, args: list[str]) -> int:
     """Run one LightningCLI verb; returns the exit code."""
     torch.set_float32_matmul_precision("high")
-    GeoCLI(
-        GeoTask,
-        GeoDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True},
-        args=[verb, *args],
-        auto_configure_optimizers=False,
-        parser_kwargs={"prog": f"geotrainr", "default_env": False},
-    )
+    saved_argv = sys.argv
+    sys.argv = [saved_argv[0], verb, *args]  # LightningCLI reads sys.argv (and warns when given both)
+    try:
+        GeoCLI(
+            GeoTask,
+            GeoDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,
+            parser_kwargs={"prog": "geotrainr", "default_env": False},
+        )
+    except SystemExit as e:  # jsonargparse: --help, --print_config (0) or a usage error (2)
+        return int(e.code or 0) if isinstance(e.code, int) or e.code is None else 2
+    except Exception as e:
+        user_error = _user_error_in_chain(e)
+        if user_error is not None:  # jsonargparse wraps errors raised while instantiating classes
+            raise user_error from None
+        raise
+    finally:
+        sys.argv = saved_argv
     return 0
 
 

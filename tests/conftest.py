@@ -32,9 +32,10 @@ def make_image(path: Path, seed: int, size: int = 48, fmt: str | None = None) ->
 @pytest.fixture
 def tiny_index(tmp_path: Path) -> Path:
     """48 real-image rows over 6 countries with a train/val split, images as files."""
+    six = [PLACES[j] for j in (0, 2, 4, 6, 8, 9)]
     rows = []
     for i in range(48):
-        cc, lat, lon = PLACES[i % 6]
+        cc, lat, lon = six[i % 6]
         rel = f"images/{cc}_{i:03d}.jpg"
         make_image(tmp_path / rel, seed=i % 6)
         rows.append({"image_path": rel, "lat": lat + 0.01 * i, "lon": lon, "country": cc})

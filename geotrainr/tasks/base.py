@@ -123,7 +123,8 @@ class GeoTask(L.LightningModule):
         if "image" not in batch:  # every image of this batch failed to load
             return None
         loss = self.shared_step(batch, stage)
-        self.log(f"{stage}/loss", loss, prog_bar=stage == "train", batch_size=len(batch["image"]), sync_dist=stage != "train")
+        self.log(f"{stage}/loss", loss, prog_bar=stage == "train", on_step=stage == "train", on_epoch=True,
+                 batch_size=len(batch["image"]), sync_dist=stage != "train")
         return loss
 
     def training_step(self, batch: dict, batch_idx: int):
