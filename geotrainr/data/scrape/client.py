@@ -1,0 +1,418 @@
+"""Street View Static API client: URLs, signing, retries, rate limit and budget.
+
+The client knows the API's rules and nothing about transport: a backend
+(``backends.py``) turns a URL into a :class:`Response`, the client decides
+what the answer means. Metadata requests (free of charge) come first; image
+requests (billed) are sent only for panoramas the metadata found.
+
+Secrets: the key and the signing secret live in :class:`Credentials` only.
+Every message that may carry a URL goes through :func:`redact`, and errors are
+raised ``from None`` so that no chained exception text reaches the user.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import io
+import json
+import os
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from urllib.parse import urlencode, urlsplit
+
+from geotrainr.data.scrape.backends import Backend, Response
+from geotrainr.data.scrape.errors import (
+    BudgetReached,
+    RequestDeniedError,
+    RetriesExhaustedError,
+    ScrapeError,
+    Stopped,
+    TransportError,
+    redact,
+)
+
+GOOGLE_API_URL = "https://maps.googleapis.com/maps/api/streetview"
+KEY_ENV = "GOOGLE_MAPS_API_KEY"
+SECRET_ENV = "GOOGLE_MAPS_URL_SIGNING_SECRET"
+MAX_SIZE = 640  # Street View Static API: images up to 640x640
+MAX_FOV = 120.0
+SOURCES = ("outdoor", "default")
+
+#: Metadata statuses (Street View Static API documentation).
+MISS_STATUSES = {"ZERO_RESULTS", "NOT_FOUND"}
+TRANSIENT_STATUSES = {"OVER_QUERY_LIMIT", "UNKNOWN_ERROR"}
+FATAL_STATUSES = {"REQUEST_DENIED", "INVALID_REQUEST"}
+
+
+class Credentials:
+    """API key and optional URL-signing secret; never printed, never pickled into results."""
+
+    __slots__ = ("_key", "_secret", "_secret_text")
+
+    def __init__(self, key: str, secret: str | None = None):
+        key = key.strip()
+        if not key:
+            raise ScrapeError(f"the API key is empty: set {KEY_ENV}")
+        self._key = key
+        self._secret_text = (secret or "").strip() or None
+        self._secret: bytes | None = None
+        if self._secret_text:
+            try:
+                self._secret = base64.urlsafe_b64decode(self._secret_text + "=" * (-len(self._secret_text) % 4))
+            except (binascii.Error, ValueError):
+                raise ScrapeError(f"{SECRET_ENV} is not a URL-safe base64 signing secret (copy it again from the Cloud console)") from None
+            if not self._secret:
+                raise ScrapeError(f"{SECRET_ENV} is empty after base64 decoding")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Credentials:
+        env = os.environ if env is None else env
+        key = env.get(KEY_ENV, "")
+        if not key.strip():
+            raise ScrapeError(
+                f"no API key: set {KEY_ENV} to a Google Maps Platform key with the Street View Static API enabled "
+                "(or use --dry-run to see the plan and cost without one)"
+            )
+        return cls(key, env.get(SECRET_ENV))
+
+    @property
+    def key(self) -> str:
+        return self._key
+
+    @property
+    def signed(self) -> bool:
+        return self._secret is not None
+
+    def sign(self, url: str) -> str:
+        """Append ``&signature=`` (HMAC-SHA1 over ``path?query``) when a signing secret is set."""
+        if self._secret is None:
+            return url
+        parts = urlsplit(url)
+        digest = hmac.new(self._secret, f"{parts.path}?{parts.query}".encode(), hashlib.sha1).digest()
+        return f"{url}&signature={base64.urlsafe_b64encode(digest).decode()}"
+
+    def secrets(self) -> tuple[str, ...]:
+        return tuple(s for s in (self._key, self._secret_text) if s)
+
+    def __repr__(self) -> str:
+        return f"Credentials(key=REDACTED, signed={self.signed})"
+
+    __str__ = __repr__
+
+    def __reduce__(self):  # pragma: no cover - guard
+        raise TypeError("Credentials are not picklable")
+
+
+def sign_url(url: str, secret: str) -> str:
+    """Sign ``url`` with a URL-safe base64 secret (Google's documented URL-signing scheme)."""
+    return Credentials("unused", secret).sign(url)
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """What every image request asks for; fixed for one output folder."""
+
+    width: int = 640
+    height: int = 640
+    fov: float = 90.0
+    pitch: float = 0.0
+    radius: int = 50
+    source: str = "outdoor"
+
+    def validate(self) -> ImageSpec:
+        if not (1 <= self.width <= MAX_SIZE and 1 <= self.height <= MAX_SIZE):
+            raise ScrapeError(f"--size {self.width}x{self.height}: the Street View Static API allows at most {MAX_SIZE}x{MAX_SIZE}")
+        if not (0 < self.fov <= MAX_FOV):
+            raise ScrapeError(f"--fov {self.fov:g}: must be in (0, {MAX_FOV:g}] degrees")
+        if not (-90 <= self.pitch <= 90):
+            raise ScrapeError(f"--pitch {self.pitch:g}: must be in [-90, 90] degrees")
+        if self.radius < 1:
+            raise ScrapeError(f"--radius {self.radius}: must be at least 1 metre")
+        if self.source not in SOURCES:
+            raise ScrapeError(f"--source {self.source!r}: use one of {', '.join(SOURCES)}")
+        return self
+
+    @property
+    def size(self) -> str:
+        return f"{self.width}x{self.height}"
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"640x640"`` or ``"256"`` -> (width, height)."""
+    m = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+))?\s*", text)
+    if not m:
+        raise ScrapeError(f"--size {text!r}: expected WIDTHxHEIGHT, e.g. 640x640")
+    w = int(m.group(1))
+    return w, int(m.group(2) or w)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with jitter; ``attempts`` counts the first try."""
+
+    attempts: int = 6
+    base_delay: float = 0.5
+    max_delay: float = 30.0
+    timeout: float = 20.0
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        """Seconds to wait after failed try number ``attempt`` (0-based): half fixed, half random."""
+        d = min(self.max_delay, self.base_delay * (2**attempt))
+        d = d / 2 + random.uniform(0, d / 2)
+        if retry_after is not None:
+            d = max(d, min(retry_after, self.max_delay))
+        return d
+
+
+class Budget:
+    """Counts requests (thread-safe) and refuses the ones over the caps.
+
+    Image requests are billed; metadata requests are free but counted on their
+    own. Every try counts, retries included: the cap is a hard upper bound on
+    what Google can bill for this run.
+    """
+
+    def __init__(self, max_images: int | None = None, max_metadata: int | None = None):
+        self.max_images = max_images
+        self.max_metadata = max_metadata
+        self.images = 0
+        self.metadata = 0
+        self.retries = 0
+        self.reached: str | None = None
+        self._lock = threading.Lock()
+
+    def reserve(self, kind: str) -> None:
+        with self._lock:
+            if kind == "image":
+                if self.max_images is not None and self.images >= self.max_images:
+                    self.reached = self.reached or "image"
+                    raise BudgetReached(kind)
+                self.images += 1
+            else:
+                if self.max_metadata is not None and self.metadata >= self.max_metadata:
+                    self.reached = self.reached or "metadata"
+                    raise BudgetReached(kind)
+                self.metadata += 1
+
+    def count_retry(self) -> None:
+        with self._lock:
+            self.retries += 1
+
+
+class RateLimiter:
+    """At most ``rate`` requests per second over all threads (0: no limit)."""
+
+    def __init__(self, rate: float = 0.0):
+        self.interval = 1.0 / rate if rate and rate > 0 else 0.0
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def wait(self, stop: threading.Event | None = None) -> None:
+        if not self.interval:
+            return
+        with self._lock:
+            now = time.monotonic()
+            slot = max(now, self._next)
+            self._next = slot + self.interval
+        if slot > now:
+            if stop is not None:
+                if stop.wait(slot - now):
+                    raise Stopped()
+            else:
+                time.sleep(slot - now)
+
+
+@dataclass(frozen=True)
+class Panorama:
+    """What the metadata says about the panorama nearest to a location."""
+
+    pano_id: str
+    lat: float
+    lon: float
+    date: str | None
+    copyright: str | None
+
+
+class _Retry(Exception):
+    def __init__(self, reason: str, retry_after: float | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("retry-after")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def check_image(body: bytes) -> tuple[int, int]:
+    """Decode ``body`` completely; raise ValueError for a truncated or undecodable image."""
+    from PIL import Image
+
+    if body[:2] == b"\xff\xd8" and not body.rstrip(b"\0").endswith(b"\xff\xd9"):
+        raise ValueError("JPEG without end marker (truncated)")
+    try:
+        with Image.open(io.BytesIO(body)) as im:
+            im.load()
+            return im.size
+    except Exception as e:  # noqa: BLE001 - any decoder failure means a bad download
+        raise ValueError(f"undecodable image ({type(e).__name__})") from None
+
+
+class StreetViewClient:
+    """Metadata and image requests with retries, rate limit and budget.
+
+    Thread-safe: several workers share one client (the budget, the rate
+    limiter and the backend are thread-safe).
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        credentials: Credentials,
+        spec: ImageSpec,
+        api_url: str = GOOGLE_API_URL,
+        retry: RetryPolicy | None = None,
+        budget: Budget | None = None,
+        limiter: RateLimiter | None = None,
+        stop: threading.Event | None = None,
+        on_retry: Callable[[str, str], None] | None = None,
+    ):
+        self.backend = backend
+        self.credentials = credentials
+        self.spec = spec
+        self.api_url = api_url.rstrip("/")
+        self.retry = retry or RetryPolicy()
+        self.budget = budget or Budget()
+        self.limiter = limiter or RateLimiter()
+        self.stop = stop or threading.Event()
+        self.on_retry = on_retry
+
+    # --- URLs ----------------------------------------------------------------
+
+    def _url(self, path: str, params: dict[str, str]) -> str:
+        query = urlencode({**params, "key": self.credentials.key})
+        return self.credentials.sign(f"{self.api_url}{path}?{query}")
+
+    def metadata_url(self, lat: float, lon: float) -> str:
+        return self._url(
+            "/metadata",
+            {"location": f"{lat:.6f},{lon:.6f}", "radius": str(self.spec.radius), "source": self.spec.source},
+        )
+
+    def image_url(self, pano_id: str, heading: float) -> str:
+        s = self.spec
+        return self._url(
+            "",
+            {
+                "size": s.size,
+                "pano": pano_id,
+                "heading": f"{heading:g}",
+                "fov": f"{s.fov:g}",
+                "pitch": f"{s.pitch:g}",
+                "return_error_code": "true",
+            },
+        )
+
+    def redact(self, text: str) -> str:
+        return redact(text, self.credentials.secrets())
+
+    # --- requests ------------------------------------------------------------
+
+    def _send(self, kind: str, url: str, interpret: Callable[[Response], object]) -> object:
+        for attempt in range(self.retry.attempts):
+            if self.stop.is_set():
+                raise Stopped()
+            self.limiter.wait(self.stop)
+            self.budget.reserve(kind)
+            if attempt:
+                self.budget.count_retry()
+            try:
+                return interpret(self.backend.get(url, self.retry.timeout))
+            except RequestDeniedError:
+                self.stop.set()  # no other worker sends another request that cannot succeed
+                raise
+            except TransportError as e:
+                failure = _Retry("timeout" if e.timeout else f"network error ({self.redact(str(e))})")
+            except _Retry as e:
+                failure = e
+            if self.on_retry is not None:
+                self.on_retry(kind, failure.reason)
+            if attempt + 1 < self.retry.attempts and self.stop.wait(self.retry.delay(attempt, failure.retry_after)):
+                raise Stopped()
+        raise RetriesExhaustedError(
+            f"{kind} request still failing after {self.retry.attempts} tries (last: {failure.reason})"
+        ) from None
+
+    def _fatal(self, kind: str, what: str) -> RequestDeniedError:
+        return RequestDeniedError(
+            f"the Street View API refused a {kind} request: {self.redact(what)}; "
+            "check the key, that the Street View Static API is enabled for it, the signing secret and --api-url"
+        )
+
+    def _common_http(self, kind: str, r: Response) -> None:
+        if r.status == 429 or r.status == 408 or r.status >= 500:
+            raise _Retry(f"HTTP {r.status}", _retry_after(r.headers))
+        if r.status != 200 and not (kind == "image" and r.status == 404):
+            snippet = r.body[:200].decode("utf-8", "replace").strip().replace("\n", " ")
+            raise self._fatal(kind, f"HTTP {r.status}" + (f" ({snippet})" if snippet else ""))
+
+    def metadata(self, lat: float, lon: float) -> Panorama | None:
+        """The panorama nearest to (lat, lon) within the radius, or None where there is none."""
+
+        def interpret(r: Response) -> Panorama | None:
+            if r.status == 404:
+                raise self._fatal("metadata", "HTTP 404 (is --api-url the Street View endpoint?)")
+            self._common_http("metadata", r)
+            try:
+                data = json.loads(r.body.decode("utf-8"))
+                status = str(data["status"])
+            except (ValueError, KeyError, TypeError):
+                raise _Retry("undecodable metadata") from None
+            if status in FATAL_STATUSES:
+                reason = data.get("error_message") or ""
+                raise self._fatal("metadata", status + (f" ({reason})" if reason else ""))
+            if status in TRANSIENT_STATUSES:
+                raise _Retry(status)
+            if status in MISS_STATUSES:
+                return None
+            if status != "OK":
+                raise _Retry(f"unexpected status {status[:40]}")
+            try:
+                loc = data["location"]
+                pano = Panorama(str(data["pano_id"]), float(loc["lat"]), float(loc["lng"]), data.get("date"), data.get("copyright"))
+            except (KeyError, TypeError, ValueError):
+                raise _Retry("incomplete metadata") from None
+            if not pano.pano_id or not (-90 <= pano.lat <= 90 and -180 <= pano.lon <= 180):
+                raise _Retry("incomplete metadata")
+            return pano
+
+        return self._send("metadata", self.metadata_url(lat, lon), interpret)  # type: ignore[return-value]
+
+    def image(self, pano_id: str, heading: float) -> bytes | None:
+        """Encoded image bytes of one view (fully decoded once as a check), or None on HTTP 404."""
+
+        def interpret(r: Response) -> bytes | None:
+            self._common_http("image", r)
+            if r.status == 404:
+                return None
+            ctype = r.headers.get("content-type", "")
+            if ctype and not ctype.startswith("image/"):
+                raise _Retry(f"not an image ({ctype[:40]})")
+            try:
+                check_image(r.body)
+            except ValueError as e:
+                raise _Retry(str(e)) from None
+            return r.body
+
+        return self._send("image", self.image_url(pano_id, heading), interpret)  # type: ignore[return-value]
