@@ -27,6 +27,9 @@ COMMANDS = {
     "index": ("index", "build a validated parquet index from a folder or a CSV"),
     "demo-data": ("demo", "build the offline demo dataset (aerial stand-in) and print its index path"),
     "scrape": ("scrape", "collect a Street View dataset from GeoNames places (resumable, budgeted)"),
+    "locate": ("locate", "guess where photos were taken: countries, coordinates, nearest place, map"),
+    "explain": ("explain", "Grad-CAM: which parts of a photo the model used for its guess"),
+    "report": ("report", "evaluate a checkpoint on an index split: metrics, confusion, error CDF, map, report.md"),
 }
 
 

