@@ -26,9 +26,11 @@ class GeolocationError(Metric):
     full_state_update = False
     higher_is_better = False
 
-    def __init__(self, thresholds_km: tuple[float, ...] = ACCURACY_THRESHOLDS_KM, **kwargs):
+    def __init__(self, thresholds_km: tuple[float, ...] = ACCURACY_THRESHOLDS_KM, degrees: bool = True, **kwargs):
+        """``degrees=False`` leaves out the seed's degree figures (the distance task logs its own ``err_deg_mean``)."""
         super().__init__(**kwargs)
         self.thresholds_km = tuple(thresholds_km)
+        self.degrees = degrees
         self.add_state("err_km", default=[], dist_reduce_fx="cat")
         self.add_state("err_deg", default=[], dist_reduce_fx="cat")
 
@@ -48,8 +50,9 @@ class GeolocationError(Metric):
         for t in self.thresholds_km:
             out[f"acc_{t:g}km"] = (km <= t).double().mean()
         out["geoscore"] = geoscore(km).mean()
-        out["err_deg_mean"] = deg.mean()
-        out["within_5deg"] = (deg <= 5.0).double().mean()
+        if self.degrees:
+            out["err_deg_mean"] = deg.mean()
+            out["within_5deg"] = (deg <= 5.0).double().mean()
         return {k: v.float() for k, v in out.items()}
 
 

@@ -206,6 +206,8 @@ def test_distance_anchor_accuracy_and_outputs():
     assert loss.ndim == 0 and torch.isfinite(loss)
     out = {k: (float(v) if not isinstance(v, dict) else v) for k, v in model.val_metrics["anchor"].compute().items()}
     assert set(out) == {"anchor_acc1", "anchor_acc5"}
+    assert "err_deg_mean" not in model.val_metrics["geo"].compute()  # the task's own err_deg_mean is the distance MAE
+    assert 0 <= float(model.val_metrics["err_deg_mean"].compute()) <= 10
     d = model.predict_latlon(batch["image"])["anchor_distance_deg"]
     assert d.shape == (4, 6) and torch.all((d >= 0) & (d <= 10))  # sigmoid x 10
     euclid = DistancePredictor(countries=["DE", "FR"], backbone="test_efficientnet", weights=None, head="euclidean", image_size=32)

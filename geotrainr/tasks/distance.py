@@ -69,7 +69,7 @@ class DistancePredictor(GeoTask):
             self.discriminator = nn.Sequential(nn.Linear(3 * d, 256), nn.ReLU(), nn.Linear(256, 1))
 
     def configure_metrics(self) -> dict[str, Metric | MetricCollection]:
-        return {"err_deg_mean": distance_error(), "anchor": anchor_metrics(self.num_classes), "geo": GeolocationError()}
+        return {"err_deg_mean": distance_error(), "anchor": anchor_metrics(self.num_classes), "geo": GeolocationError(degrees=False)}
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Embeddings (N, embed_dim)."""
