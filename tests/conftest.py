@@ -29,18 +29,26 @@ def make_image(path: Path, seed: int, size: int = 48, fmt: str | None = None) ->
     return path
 
 
+#: Six countries, one place each.
+SIX = [PLACES[j] for j in (0, 2, 4, 6, 8, 9)]
+
+
+def build_tiny_index(folder: Path, n: int = 48, val: float = 0.25) -> Path:
+    """``n`` real-image rows over six countries (colour by country) with a seeded train/val split."""
+    rows = []
+    for i in range(n):
+        cc, lat, lon = SIX[i % 6]
+        rel = f"images/{cc}_{i:03d}.jpg"
+        make_image(folder / rel, seed=i % 6)
+        rows.append({"image_path": rel, "lat": lat + 0.01 * i, "lon": lon, "country": cc})
+    df = assign_splits(pd.DataFrame(rows), "random", val=val, seed=0)
+    return write_index(df, folder / "index.parquet")
+
+
 @pytest.fixture
 def tiny_index(tmp_path: Path) -> Path:
-    """48 real-image rows over 6 countries with a train/val split, images as files."""
-    six = [PLACES[j] for j in (0, 2, 4, 6, 8, 9)]
-    rows = []
-    for i in range(48):
-        cc, lat, lon = six[i % 6]
-        rel = f"images/{cc}_{i:03d}.jpg"
-        make_image(tmp_path / rel, seed=i % 6)
-        rows.append({"image_path": rel, "lat": lat + 0.01 * i, "lon": lon, "country": cc})
-    df = assign_splits(pd.DataFrame(rows), "random", val=0.25, seed=0)
-    return write_index(df, tmp_path / "index.parquet")
+    """48 rows over 6 countries with a train/val split, images as files."""
+    return build_tiny_index(tmp_path)
 
 
 @pytest.fixture(scope="session")

@@ -44,7 +44,7 @@ def test_corrupt_and_missing_images_are_skipped_and_counted(tmp_path):
     batch = next(iter(dm.train_dataloader()))
     assert batch["skipped"] == 2 and len(batch["image"]) == 4
     strict = GeoDataModule(str(idx), batch_size=6, num_workers=0, strict=True)
-    with pytest.raises(ImageLoadError, match="row 1"):
+    with pytest.raises(ImageLoadError, match=r"row [12] \("):  # whichever broken row the shuffle reaches first
         next(iter(strict.train_dataloader()))
 
 

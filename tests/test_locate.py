@@ -14,9 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import SIX, build_tiny_index
 from geotrainr.cli import main
 from geotrainr.countries import get_country
-from geotrainr.data.index import assign_splits, write_index
 from geotrainr.inference import (
     CheckpointError,
     Guess,
@@ -30,8 +30,6 @@ from geotrainr.inference import (
 
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = ("country", "coords", "distance")
-SIX = [("DE", 52.52, 13.40), ("FR", 48.86, 2.35), ("ES", 40.42, -3.70), ("IT", 41.90, 12.50),
-       ("PL", 52.23, 21.01), ("GB", 51.51, -0.13)]
 
 
 # --- shared fixtures (imported by test_explain.py and test_report.py) ----------------------------------
@@ -49,17 +47,6 @@ def photo(path: Path, seed: int, size=(48, 48), mode: str = "RGB", fmt: str | No
     return path
 
 
-def build_tiny_index(folder: Path) -> Path:
-    rows = []
-    for i in range(36):
-        cc, lat, lon = SIX[i % 6]
-        rel = f"images/{cc}_{i:03d}.jpg"
-        photo(folder / rel, seed=i % 6)
-        rows.append({"image_path": rel, "lat": lat + 0.01 * i, "lon": lon, "country": cc})
-    df = assign_splits(pd.DataFrame(rows), "random", val=0.34, seed=0)
-    return write_index(df, folder / "index.parquet")
-
-
 def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
     """One tiny checkpoint per task kind, trained once per test session (shared by several test files)."""
     base = tmp_path_factory.getbasetemp() / "tiny-checkpoints"
@@ -67,7 +54,7 @@ def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
     if all(p.is_file() for p in ckpts.values()):
         return ckpts
     base.mkdir(exist_ok=True)
-    index = build_tiny_index(base / "data")
+    index = build_tiny_index(base / "data", n=36, val=0.34)
     cwd = os.getcwd()
     os.chdir(base)
     try:

@@ -1,0 +1,55 @@
+"""Smoke test of the benchmark scripts: each runs with --quick on tiny inputs and appends its JSON line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_quick(name: str, tmp_path: Path, *extra: str) -> dict:
+    results = tmp_path / "results.jsonl"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), "--quick", f"--results={results}",
+           f"--workdir={tmp_path / 'work'}", *extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "| " in proc.stdout  # the table
+    lines = results.read_text().splitlines()
+    assert len(lines) == 1
+    record = json.loads(lines[0])
+    assert record["benchmark"] == name
+    for key in ("date", "machine", "cores", "torch", "settings", "figures"):
+        assert key in record, key
+    assert record["settings"]["quick"] is True
+    return record["figures"]
+
+
+def test_index_scale_quick(tmp_path):
+    figures = run_quick("index_scale", tmp_path, "--rows=5000")
+    assert figures["rows"] == 5000 and figures["index_seconds"] > 0 and figures["index_peak_mib"] > 0
+    assert set(figures["steps_s"]) >= {"generate", "validate", "split", "write", "open_for_training"}
+
+
+def test_pipeline_quick(tmp_path, demo_index):
+    figures = run_quick("pipeline", tmp_path, "--workers", "0", "1")
+    assert figures["model_images_per_s"] > 0
+    assert {"files/full/0", "files/draft/1", "parquet/full/0", "parquet/draft/1"} <= set(figures["loaders"])
+    assert all(v["images_per_s"] > 0 for v in figures["loaders"].values())
+
+
+def test_locate_quick(tmp_path, demo_index):
+    figures = run_quick("locate", tmp_path)
+    assert figures["raw_images_per_s"] > 0
+    assert figures["locate_demo"]["images_per_s"] > 0 and figures["locate_640"]["images_per_s"] > 0
+
+
+def test_fit_quick(tmp_path, demo_index):
+    figures = run_quick("fit", tmp_path)
+    assert figures["fit_images_per_s"] > 0 and figures["plain_images_per_s"] > 0 and figures["ratio"] > 0
+    assert (tmp_path / "work" / "fit" / "lightning-0" / "runs" / "country").is_dir()  # the run folder stays in the workdir
