@@ -36,7 +36,7 @@ COMMANDS = {
 def _usage() -> str:
     width = max(len(v) for v in [*LIGHTNING_VERBS, *COMMANDS])
     lines = [
-        f"usage: geotrainr <verb> [options]    (geotrainr <verb> --help for a verb's options)",
+        "usage: geotrainr <verb> [options]    (geotrainr <verb> --help for a verb's options)",
         "",
         "Single-image geolocation of street-level photos: train, evaluate and use country,",
         "coordinate and distance models.",

@@ -52,4 +52,4 @@ def test_locate_quick(tmp_path, demo_index):
 def test_fit_quick(tmp_path, demo_index):
     figures = run_quick("fit", tmp_path)
     assert figures["fit_images_per_s"] > 0 and figures["plain_images_per_s"] > 0 and figures["ratio"] > 0
-    assert (tmp_path / "work" / "fit" / "lightning-0" / "runs" / "country").is_dir()  # the run folder stays in the workdir
+    assert any((tmp_path / "work" / "fit").glob("*/runs/country"))  # run folders land in the workdir, not the repository
