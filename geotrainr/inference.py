@@ -365,6 +365,17 @@ class Locator:
 
     # --- raw predictions -------------------------------------------------------------------------
 
+    def _default_workers(self) -> int:
+        """Decoding processes for large lists: on the CPU only cores that torch's threads leave free.
+
+        A worker sharing a core with the forward pass stalls it (on 2 cores locate ran at 0.76x of a
+        raw forward with one worker and 0.90x with none).
+        """
+        cores = os.cpu_count() or 1
+        if self.device.type == "cpu":
+            return max(0, min(4, cores - torch.get_num_threads()))
+        return min(4, max(1, cores // 2))
+
     def predict(
         self,
         images: Sequence,
@@ -386,7 +397,7 @@ class Locator:
         pre = self.preprocessing
         if num_workers is None:
             paths_only = not any(isinstance(im, Image.Image) for im in images)
-            num_workers = min(4, max(1, (os.cpu_count() or 1) // 2)) if paths_only and n > 2 * batch_size else 0
+            num_workers = self._default_workers() if paths_only and n > 2 * batch_size else 0
         loader = DataLoader(
             _Photos(images, build_transform(pre, train=False), draft_size=2 * pre.image_size),
             batch_size=max(1, batch_size),
