@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
-import os
 import sys
 from pathlib import Path
 
 import torch
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from geotrainr.countries import get_country
 from geotrainr.errors import GeotrainrError
+from geotrainr.files import write_text_atomic
 from geotrainr.data.datamodule import GeoDataModule
 from geotrainr.tasks.base import GeoTask
 
@@ -31,19 +31,19 @@ class GeoCLI(LightningCLI):
     def _save_metrics(self, stage: str, prefix: str) -> None:
         if not self.trainer.is_global_zero:
             return
-        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith(prefix) and torch.as_tensor(v).numel() == 1}
-        path = self._log_dir() / f"metrics-{stage}.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True))
-        os.replace(tmp, path)
+        path = write_text_atomic(self._log_dir() / f"metrics-{stage}.json", json.dumps(self._metrics(prefix), indent=2, sort_keys=True))
         print(f"metrics written to {path}")
+
+    def _metrics(self, prefix: str) -> dict[str, float]:
+        """The scalar metrics logged under ``prefix`` (e.g. ``val/``)."""
+        return {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith(prefix) and torch.as_tensor(v).numel() == 1}
 
     def after_fit(self) -> None:
         """Print the last validation metrics and where the checkpoints are; close W&B runs."""
         self._finish_wandb()
         if not self.trainer.is_global_zero or self.trainer.fast_dev_run:
             return
-        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("val/") and torch.as_tensor(v).numel() == 1}
+        metrics = self._metrics("val/")
         if metrics:
             print("\nvalidation after the last epoch:")
             for k in sorted(metrics):
@@ -104,17 +104,14 @@ def prediction_rows(batches: list[dict], datamodule: GeoDataModule, model: GeoTa
 
 def write_rows(rows: list[dict], path: Path) -> None:
     """CSV or JSON by extension, atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     if path.suffix.lower() == ".json":
-        tmp.write_text(json.dumps(rows, indent=1))
-    else:
-        with tmp.open("w", newline="") as f:
-            fields = list(dict.fromkeys(k for r in rows for k in r))
-            w = csv.DictWriter(f, fieldnames=fields)
-            w.writeheader()
-            w.writerows(rows)
-    os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(rows, indent=1))
+        return
+    buffer = io.StringIO(newline="")
+    w = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+    w.writeheader()
+    w.writerows(rows)
+    write_text_atomic(path, buffer.getvalue())
 
 
 def _user_error_in_chain(error: BaseException) -> GeotrainrError | None:
@@ -154,4 +151,4 @@ def run_lightning(verb: str, args: list[str]) -> int:
     return 0
 
 
-__all__ = ["GeoCLI", "run_lightning", "get_country"]
+__all__ = ["GeoCLI", "run_lightning"]

@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 
 from geotrainr.errors import GeotrainrError
+from geotrainr.files import write_text_atomic
 
 #: What each metric means, in report order.
 METRIC_MEANINGS = {
@@ -242,13 +243,9 @@ def write_report(ev: Evaluation, out_dir: str | os.PathLike, checkpoint: str | o
     per = ev.per_country()
     plots.plot_per_country_accuracy(per.index.tolist(), per["accuracy"].tolist(), per["images"].tolist(),
                                     out / "per_country.png")
-    tmp = out / ".predictions.csv.tmp"
-    f.to_csv(tmp, index=False, float_format="%.6g")
-    os.replace(tmp, out / "predictions.csv")
-    tmp = out / ".metrics.json.tmp"
-    tmp.write_text(json.dumps({"kind": ev.kind, "split": ev.split, "index": ev.index, "images": len(f),
-                               "skipped": ev.skipped, "metrics": ev.metrics}, indent=2))
-    os.replace(tmp, out / "metrics.json")
+    write_text_atomic(out / "predictions.csv", f.to_csv(index=False, float_format="%.6g"))
+    write_text_atomic(out / "metrics.json", json.dumps({"kind": ev.kind, "split": ev.split, "index": ev.index, "images": len(f),
+                                                       "skipped": ev.skipped, "metrics": ev.metrics}, indent=2))
 
     what = {"country": "country classifier", "coords": "coordinate regressor", "distance": "distance predictor"}[ev.kind]
     lines = [
@@ -277,11 +274,7 @@ def write_report(ev: Evaluation, out_dir: str | os.PathLike, checkpoint: str | o
     ]
     lines += [f"| {c} | {int(r.images)} | {100 * r.accuracy:.1f} % | {r.median_km:,.0f} |" for c, r in per.iterrows()]
     lines += ["", "Files: [predictions.csv](predictions.csv) (one row per image), [metrics.json](metrics.json).", ""]
-    page = out / "report.md"
-    tmp = out / ".report.md.tmp"
-    tmp.write_text("\n".join(lines), encoding="utf-8")
-    os.replace(tmp, page)
-    return page
+    return write_text_atomic(out / "report.md", "\n".join(lines))
 
 
 def make_report(checkpoint: str | os.PathLike, out_dir: str | os.PathLike = "report", index: str | os.PathLike = "demo",

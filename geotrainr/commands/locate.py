@@ -17,6 +17,7 @@ import os
 import sys
 from pathlib import Path
 
+from geotrainr.files import write_text_atomic
 from geotrainr.inference import (
     Guess,
     ImageListError,
@@ -142,11 +143,7 @@ def _write_text(text: str, path: str | None) -> None:
     if path is None:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
         return
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
-    os.replace(tmp, out)
+    write_text_atomic(path, text if text.endswith("\n") else text + "\n")
 
 
 # --- the verb ------------------------------------------------------------------------------------

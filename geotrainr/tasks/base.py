@@ -197,8 +197,7 @@ class GeoTask(L.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         backbone_params = [p for p in self.backbone.parameters() if p.requires_grad]
-        backbone_ids = {id(p) for p in self.backbone.parameters()}
-        head_params = [p for p in self.parameters() if p.requires_grad and id(p) not in backbone_ids]
+        head_params = [p for p in self.head_parameters() if p.requires_grad]
         groups = [{"params": head_params, "lr": hp.lr}]
         if backbone_params:
             groups.append({"params": backbone_params, "lr": hp.lr * hp.backbone_lr_mult})
