@@ -29,6 +29,8 @@ COMMANDS = {
     "scrape": ("scrape", "collect a Street View dataset from GeoNames places (resumable, budgeted)"),
     "locate": ("locate", "guess where photos were taken: countries, coordinates, nearest place, map"),
     "explain": ("explain", "Grad-CAM: which parts of a photo the model used for its guess"),
+    "geocells": ("geocells", "build geocells from an index (or read a checkpoint's) and draw them on a map"),
+    "ablate": ("ablate", "rerun the study's tables and the geocell comparison; writes a Markdown results page"),
     "report": ("report", "evaluate a checkpoint on an index split: metrics, confusion, error CDF, map, report.md"),
 }
 

@@ -154,18 +154,21 @@ def gradcam(model, x: torch.Tensor, target: str | None = None) -> tuple[np.ndarr
     Args:
         model: a task model (country, coords or distance).
         x: the preprocessed image batch of one.
-        target: an ISO code of the class list (country, distance), ``"lat"``/``"lon"`` (coords);
-            default: the predicted country, or ``"lat"`` for coordinate models.
+        target: an ISO code of the class list (country, distance and geocell models), ``"lat"``/``"lon"``
+            (linear coordinate models); default: the predicted country, or ``"lat"`` for linear coordinate models.
 
     Returns: (cam in [0, 1] on the feature grid, target, predicted, score).
     """
     kind = model.task_kind
     backbone = model.backbone
-    if kind == "coords":
+    geocells = kind == "coords" and getattr(model, "head_kind", "linear") == "geocells"
+    if geocells and target is not None and target.lower() in ("lat", "lon"):
+        raise ExplainError("a geocell model explains a country (its cells' summed probability), not 'lat'/'lon'")
+    if kind == "coords" and not geocells:
         if (target or "lat").lower() not in ("lat", "lon"):
             raise ExplainError(f"a coordinate model explains 'lat' or 'lon', not {target!r}: it has no country classes")
         target = (target or "lat").lower()
-    elif kind in ("country", "distance"):
+    elif kind in ("country", "distance") or geocells:
         if target is not None:
             code = target.strip().upper()
             if code not in model.countries:
@@ -178,8 +181,10 @@ def gradcam(model, x: torch.Tensor, target: str | None = None) -> tuple[np.ndarr
     fmap = feats.detach().requires_grad_(True)
     with torch.enable_grad():
         pooled = backbone.forward_head(fmap, pre_logits=True)
-        if kind == "country":
+        if kind == "country" or geocells:
             logits = model.head(pooled).float()
+            if geocells:
+                logits = model.country_logits(logits)
             probs = logits.detach().softmax(-1)[0]
             predicted = model.countries[int(probs.argmax())]
             target = target or predicted

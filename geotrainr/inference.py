@@ -62,8 +62,11 @@ def load_model(path: str | os.PathLike, kind: str | None = None, device: str | t
         raise CheckpointError(f"{path}: unknown task class {meta['class_path']}") from None
     hparams = {k: v for k, v in ckpt.get("hyper_parameters", {}).items() if not k.startswith("_")}  # CLI bookkeeping
     hparams.update(countries=meta["countries"], weights=None, pretrained=False, init_from=None)
+    if "geocells" in hparams:
+        hparams["geocells"] = None  # the checkpoint holds the cells
     model = cls(**hparams)
     try:
+        model.on_load_checkpoint(ckpt)
         model.load_state_dict(ckpt["state_dict"], strict=True)
     except RuntimeError as e:
         raise CheckpointError(f"{path}: weights do not fit the model ({str(e).splitlines()[0]})") from None
@@ -113,12 +116,13 @@ class Guess:
 
     Attributes:
         image: the path as given, a PIL image's file name, or the group key.
-        country: ISO code of the guessed country. Country and distance models: the most probable
-            class; coordinate models: the country the guessed coordinates fall in.
-        probability: the model's probability of ``country``; None for coordinate models.
-        top_k: the k most probable countries (empty for coordinate models).
+        country: ISO code of the guessed country. Country, distance and geocell models: the most
+            probable class; linear coordinate models: the country the guessed coordinates fall in.
+        probability: the model's probability of ``country``; None for linear coordinate models.
+        top_k: the k most probable countries (empty for linear coordinate models).
         lat, lon: the guessed coordinates in degrees. Country and distance models guess a
-            country and answer with its centre; coordinate models regress them.
+            country and answer with its centre; coordinate models regress them or, with the
+            geocell head, answer with a cell's centroid.
         nearest_place: the GeoNames place nearest to (lat, lon), as ``"Name, CC"``.
         nearest_place_km: how far that place is from (lat, lon).
         coordinate_country: the country (lat, lon) falls in (nearest GeoNames place's country).
@@ -143,9 +147,12 @@ class Guess:
     true_lon: float | None = None
     true_country: str | None = None
     error_km: float | None = None
-    #: full probability vector over ``classes`` (country and distance models), for combining views
+    #: full probability vector over ``classes`` (country, distance and geocell models), for combining views
     probs: np.ndarray | None = field(default=None, repr=False, compare=False)
     classes: tuple[str, ...] | None = field(default=None, repr=False, compare=False)
+    #: geocell models: probabilities over the cells, and the model's map from them to (latlon, probs)
+    cell_probs: np.ndarray | None = field(default=None, repr=False, compare=False)
+    cell_decoder: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -386,10 +393,16 @@ class Locator:
         """Batched forward pass over photos (paths or PIL images).
 
         Returns ``latlon`` (N, 2; NaN where an image failed), ``probs`` (N, C or None
-        for coordinate models) and ``{position: error message}`` of the failures.
+        for linear coordinate models) and ``{position: error message}`` of the failures.
         ``num_workers`` decoding processes (default: some for large lists of files).
         ``progress`` is called with the number of images done after each batch.
         """
+        out = self._predict(images, batch_size, num_workers, progress)
+        return out["latlon"], out.get("probs"), out["errors"]
+
+    def _predict(self, images: Sequence, batch_size: int, num_workers: int | None,
+                 progress: Callable[[int], None] | None) -> dict:
+        """:meth:`predict` with every array the model gives (``cell_probs`` of geocell models too)."""
         from geotrainr.data.dataset import build_transform
 
         images = list(images)
@@ -405,22 +418,36 @@ class Locator:
             collate_fn=_collate,
             pin_memory=self.device.type == "cuda",
         )
-        latlon = np.full((n, 2), np.nan)
-        probs = None if self.kind == "coords" else np.full((n, len(self.countries)), np.nan, dtype=np.float32)
-        errors: dict[int, str] = {}
+        result: dict = {"latlon": np.full((n, 2), np.nan), "errors": {}}
+        if self.kind != "coords" or getattr(self.model, "head_kind", "linear") != "linear":
+            result["probs"] = np.full((n, len(self.countries)), np.nan, dtype=np.float32)
         done = 0
         with torch.inference_mode():
             for idx, x, failed in loader:
-                errors.update(failed)
+                result["errors"].update(failed)
                 if x is not None:
                     out = self.model.predict_latlon(x.to(self.device, non_blocking=True))
-                    latlon[idx] = out["latlon"].double().cpu().numpy()
-                    if probs is not None and "probs" in out:
-                        probs[idx] = out["probs"].float().cpu().numpy()
+                    result["latlon"][idx] = out["latlon"].double().cpu().numpy()
+                    for key in ("probs", "cell_probs"):
+                        if key in out:
+                            if key not in result:
+                                result[key] = np.full((n, out[key].shape[1]), np.nan, dtype=np.float32)
+                            result[key][idx] = out[key].float().cpu().numpy()
                 done += len(idx) + len(failed)
                 if progress is not None:
                     progress(done)
-        return latlon, probs, errors
+        return result
+
+    def _cell_decoder(self) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+        """Averaged cell probabilities of several views -> (latlon, country probabilities), as the model decodes."""
+        model = self.model
+
+        def decode(cell_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            with torch.inference_mode():
+                latlon, probs = model.decode_cells(torch.from_numpy(np.asarray(cell_probs, np.float32)).reshape(1, -1).to(self.device))
+            return latlon[0].double().cpu().numpy(), probs[0].float().cpu().numpy()
+
+        return decode
 
     # --- guesses -------------------------------------------------------------------------------
 
@@ -444,9 +471,15 @@ class Locator:
         if isinstance(images, (str, os.PathLike, Image.Image)):
             images = [images]
         images = list(images)
-        latlon, probs, errors = self.predict(images, batch_size=batch_size, num_workers=num_workers, progress=progress)
+        out = self._predict(images, batch_size, num_workers, progress)
         labels = [image_label(im, i) for i, im in enumerate(images)]
-        return make_guesses(labels, latlon, probs, errors, self.countries, top_k)
+        guesses = make_guesses(labels, out["latlon"], out.get("probs"), out["errors"], self.countries, top_k)
+        if "cell_probs" in out:
+            decoder = self._cell_decoder()
+            for g, p in zip(guesses, out["cell_probs"]):
+                if g.ok:
+                    g.cell_probs, g.cell_decoder = p, decoder
+        return guesses
 
     def locate_one(self, image, top_k: int = 5) -> Guess:
         """:meth:`locate` for one photo; raises :class:`ImageReadError` if it cannot be read."""
@@ -519,8 +552,9 @@ def group(guesses: Sequence[Guess], keys: Sequence[str], top_k: int | None = Non
     """Combine the guesses sharing a key into one guess per key (in order of first appearance).
 
     Country and distance models: the probabilities of the views are averaged (PIGEON found
-    plain averaging of four views best) and the guess is the top class's centre. Coordinate
-    models: the coordinates are combined by :func:`geotrainr.geo.spherical_mean`. Views that
+    plain averaging of four views best) and the guess is the top class's centre. Geocell
+    models: the cell probabilities are averaged and decoded as the model does. Linear
+    coordinate models: the coordinates are combined by :func:`geotrainr.geo.spherical_mean`. Views that
     failed are left out; a key whose views all failed keeps an error. Truth, when every
     view has it, is carried over (their spherical mean).
     """
@@ -532,7 +566,7 @@ def group(guesses: Sequence[Guess], keys: Sequence[str], top_k: int | None = Non
     buckets: dict[str, list[Guess]] = {}
     for g, key in zip(guesses, keys):
         buckets.setdefault(str(key), []).append(g)
-    labels, latlon, probs_rows, errors, classes = [], [], [], {}, None
+    labels, latlon, probs_rows, errors, classes, cells = [], [], [], {}, None, {}
     for n, (key, members) in enumerate(buckets.items()):
         labels.append(key)
         good = [g for g in members if g.ok]
@@ -541,7 +575,14 @@ def group(guesses: Sequence[Guess], keys: Sequence[str], top_k: int | None = Non
             latlon.append((np.nan, np.nan))
             probs_rows.append(None)
             continue
-        if good[0].probs is not None:
+        if good[0].cell_probs is not None:
+            classes = good[0].classes
+            cell_probs = np.mean(np.stack([g.cell_probs for g in good]), axis=0)
+            ll, p = good[0].cell_decoder(cell_probs)
+            latlon.append(tuple(ll.tolist()))
+            probs_rows.append(p)
+            cells[n] = (cell_probs, good[0].cell_decoder)
+        elif good[0].probs is not None:
             classes = good[0].classes
             p = np.mean(np.stack([g.probs for g in good]), axis=0)
             c = get_country(classes[int(np.argmax(p))])
@@ -556,8 +597,10 @@ def group(guesses: Sequence[Guess], keys: Sequence[str], top_k: int | None = Non
     if classes is not None:
         probs = np.stack([p if p is not None else np.full(len(classes), np.nan, dtype=np.float32) for p in probs_rows])
     out = make_guesses(labels, np.asarray(latlon, dtype=float), probs, errors, classes or (), top_k)
-    for g, members in zip(out, buckets.values()):
+    for n, (g, members) in enumerate(zip(out, buckets.values())):
         g.members = [m.image for m in members]
+        if n in cells and g.ok:
+            g.cell_probs, g.cell_decoder = cells[n]
         truth = [m for m in members if m.true_lat is not None]
         if truth and len(truth) == len(members):
             lat, lon = spherical_mean(torch.tensor([[m.true_lat, m.true_lon] for m in truth])).tolist()

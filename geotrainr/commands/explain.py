@@ -21,9 +21,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="picture to write (default: <image stem>_gradcam.png next to the working folder)")
     what = p.add_mutually_exclusive_group()
     what.add_argument("--country", default=None, help="explain this country (ISO code) instead of the predicted one "
-                      "(country and distance models)")
+                      "(country, distance and geocell models)")
     what.add_argument("--target", choices=("lat", "lon"), default=None,
-                      help="coordinate models: explain the latitude (default) or the longitude output")
+                      help="linear coordinate models: explain the latitude (default) or the longitude output")
     p.add_argument("--alpha", type=float, default=0.5, help="opacity of the heat map (default 0.5)")
     p.add_argument("--credit", default=None, help="a second caption line, e.g. the photo's author and licence")
     p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda ...")
@@ -33,10 +33,10 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     locator = Locator.from_checkpoint(args.checkpoint, device=None if args.device == "auto" else args.device)
     target = args.country or args.target
-    if args.target and locator.kind != "coords":
+    if args.target and (locator.kind != "coords" or getattr(locator.model, "head_kind", "linear") != "linear"):
         from geotrainr.explain import ExplainError
 
-        raise ExplainError(f"--target {args.target} is for coordinate models; this is a {locator.kind} model (use --country)")
+        raise ExplainError(f"--target {args.target} is for linear coordinate models; this is a {getattr(locator.model, 'head_kind', locator.kind) if locator.kind == 'coords' else locator.kind} model (use --country)")
     e = explain(locator, args.image, target=target)
     out = Path(args.out) if args.out else Path(f"{Path(args.image).stem}_gradcam.png")
     e.save(out, alpha=args.alpha, credit=args.credit)

@@ -112,7 +112,8 @@ def format_table(guesses: list[Guess], kind: str) -> str:
     lines = [f"(images under {base})"] if base else []
     lines += [fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
     what = {"country": "country model: lat/lon is the guessed country's centre",
-            "coords": "coordinate model: 'guess' is the country the coordinates fall in",
+            "coords": "geocell model: lat/lon is the centroid of a cell in the guessed country" if has_probs
+            else "coordinate model: 'guess' is the country the coordinates fall in",
             "distance": "distance model: p is over its country anchors; lat/lon is the nearest anchor's centre"}[kind]
     lines.append(f"\n{len(ok)} of {len(guesses)} located ({what}).")
     errs = [g.error_km for g in ok if g.error_km is not None]

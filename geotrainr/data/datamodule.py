@@ -156,6 +156,16 @@ class GeoDataModule(L.LightningDataModule):
         n, self.skipped[stage] = self.skipped[stage], 0
         return n
 
+    def train_coordinates(self) -> tuple[np.ndarray, list[str]]:
+        """(lat, lon) (N, 2) and country codes of the training rows whose country is a class (for geocells)."""
+        if not self.frames:
+            self.setup()
+        train = self.frames["train"]
+        train = train[train["country"].str.upper().isin(self.countries)]
+        if len(train) == 0:
+            raise IndexValidationError(f"{self.index_path}: no training rows in the class list's countries")
+        return train[["lat", "lon"]].to_numpy(np.float64, copy=True), train["country"].str.upper().tolist()
+
     def class_centres(self) -> np.ndarray:
         """(num_classes, 2) centres of the classes, for anchors and country guesses."""
         return np.array([(get_country(c).lat, get_country(c).lon) for c in self.countries], dtype=np.float64)

