@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import Metric, MetricCollection
 
+from geotrainr.errors import GeotrainrError
 from geotrainr.geo import from_seed_frame, great_circle_error_km, to_seed_frame
 from geotrainr.geocells import DEFAULT_TAU_KM, Geocells, country_probs, decode, haversine_smoothed_targets
 from geotrainr.metrics import GeolocationError, classification_metrics
@@ -92,16 +93,24 @@ class CoordinateRegressor(GeoTask):
         self.to(device)
 
     def setup(self, stage: str) -> None:
-        """Build the geocells from the datamodule's training split when fitting starts without any."""
+        """Build the geocells from the datamodule's training split when a run starts without any.
+
+        Outside ``fit`` a checkpoint (``ckpt_path``) usually brings them (it replaces these on load),
+        so there a datamodule that cannot build them is no error yet: the first forward pass says so.
+        """
         if self.head_kind != "geocells" or self.geocells is not None:
             return
         dm = getattr(self.trainer, "datamodule", None)
-        if stage == "fit" and dm is not None and hasattr(dm, "train_coordinates"):
+        try:
+            if dm is None or not hasattr(dm, "train_coordinates"):
+                raise TaskConfigError("a geocell model needs its cells: fit it with a GeoDataModule, pass "
+                                      "geocells: FILE, or load a checkpoint (ckpt_path)")
             latlon, countries = dm.train_coordinates()
-            self.set_geocells(Geocells.build(latlon, countries, self.hparams.min_per_cell, self.hparams.max_per_cell))
-        elif not getattr(self.trainer, "ckpt_path", None):
-            raise TaskConfigError("a geocell model needs its cells: fit it with a GeoDataModule, pass geocells: FILE, "
-                                  "or load a checkpoint (ckpt_path)")
+        except GeotrainrError:
+            if stage == "fit":
+                raise
+            return
+        self.set_geocells(Geocells.build(latlon, countries, self.hparams.min_per_cell, self.hparams.max_per_cell))
 
     def _require_cells(self) -> None:
         if self.head is None:
