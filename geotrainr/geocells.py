@@ -255,23 +255,13 @@ def decode(cell_probs: torch.Tensor, centroids: torch.Tensor, cell_country: torc
 def plot_geocells(cells: Geocells, out: str | os.PathLike, points=None, title: str | None = None) -> Path:
     """Draw the cells on the Blue Marble map: each cell's box and centroid, and optionally the training points."""
     from matplotlib.collections import PatchCollection
-    from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
-    from geotrainr.plots import DPI, base_map, map_extent, save_figure
+    from geotrainr.plots import map_axes, map_extent, save_figure
 
     lat = np.concatenate([cells.bounds[:, 0], cells.bounds[:, 1]])
     lon = np.concatenate([cells.bounds[:, 2], cells.bounds[:, 3]])
-    extent = map_extent(lat, lon, base=(lon.min(), lon.max(), lat.min(), lat.max()), margin_deg=2.0)
-    x0, x1, y0, y1 = extent
-    width = 10.0
-    fig = Figure(figsize=(width, max(3.0, width * (y1 - y0) / max(1e-6, x1 - x0) + 0.9)), dpi=DPI)
-    ax = fig.add_axes((0.04, 0.08, 0.92, 0.84))
-    ax.imshow(base_map(extent), extent=extent, origin="upper", interpolation="bilinear")
-    ax.set_xlim(x0, x1)
-    ax.set_ylim(y0, y1)
-    ax.set_xlabel("longitude (deg)")
-    ax.set_ylabel("latitude (deg)")
+    fig, ax = map_axes(map_extent(lat, lon, base=(lon.min(), lon.max(), lat.min(), lat.max()), margin_deg=2.0))
     palette = np.array([[0.9, 0.1, 0.1], [1.0, 0.85, 0.1], [0.2, 0.9, 0.9], [1.0, 0.5, 0.9], [0.5, 1.0, 0.3], [1.0, 1.0, 1.0]])
     colour = palette[np.arange(len(cells)) % len(palette)]
     if points is not None:

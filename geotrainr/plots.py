@@ -90,6 +90,20 @@ def base_map(extent: tuple[float, float, float, float]) -> np.ndarray:
     return world[max(0, r0) : min(h, r1), max(0, c0) : min(w, c1)]
 
 
+def map_axes(extent: tuple[float, float, float, float], width_in: float = 10.0):
+    """A figure whose axes show the Blue Marble over ``extent`` in degrees: (fig, ax) to draw on."""
+    x0, x1, y0, y1 = extent
+    aspect = (y1 - y0) / max(1e-6, x1 - x0)
+    fig = Figure(figsize=(width_in, max(3.0, width_in * aspect + 0.9)), dpi=DPI)
+    ax = fig.add_axes((0.04, 0.08, 0.92, 0.84))
+    ax.imshow(base_map(extent), extent=extent, origin="upper", interpolation="bilinear")
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y0, y1)
+    ax.set_xlabel("longitude (deg)")
+    ax.set_ylabel("latitude (deg)")
+    return fig, ax
+
+
 def plot_map(
     guess_latlon: np.ndarray,
     out: str | os.PathLike,
@@ -116,15 +130,7 @@ def plot_map(
     truth = None if true_latlon is None else np.asarray(true_latlon, float).reshape(-1, 2)
     pts = guess if truth is None else np.vstack([guess, truth])
     extent = extent or map_extent(pts[:, 0], pts[:, 1])
-    x0, x1, y0, y1 = extent
-    aspect = (y1 - y0) / max(1e-6, x1 - x0)
-    fig = Figure(figsize=(width_in, max(3.0, width_in * aspect + 0.9)), dpi=DPI)
-    ax = fig.add_axes((0.04, 0.08, 0.92, 0.84))
-    ax.imshow(base_map(extent), extent=extent, origin="upper", interpolation="bilinear")
-    ax.set_xlim(x0, x1)
-    ax.set_ylim(y0, y1)
-    ax.set_xlabel("longitude (deg)")
-    ax.set_ylabel("latitude (deg)")
+    fig, ax = map_axes(extent, width_in)
     g_ok = np.isfinite(guess).all(1)
     n = len(guess)
     small = n <= 25

@@ -198,6 +198,13 @@ def test_geocells_config_and_command(tiny_index, tmp_path, monkeypatch):
     assert main(["validate", *args, f"--ckpt_path={ckpt}"]) == 0
     metrics = json.loads(next((tmp_path / "runs").rglob("metrics-validate.json")).read_text())
     assert {"val/acc1", "val/err_km_median", "val/geoscore"} <= set(metrics)
+    # DDP: every rank has the same cells (from the checkpoint), the synced metrics equal one process's
+    assert main(["validate", *args, f"--ckpt_path={ckpt}", "--trainer.accelerator=cpu", "--trainer.devices=2",
+                 "--trainer.strategy=ddp_spawn", "--trainer.default_root_dir=ddp"]) == 0
+    ddp = json.loads(next((tmp_path / "ddp").rglob("metrics-validate.json")).read_text())
+    for k in metrics:
+        if k != "val/loss":
+            assert ddp[k] == pytest.approx(metrics[k], rel=1e-5, abs=1e-6), k
     # the cells drawn from an index and from the checkpoint, and saved for a later fit
     assert main(["geocells", "--index", str(tiny_index), "--min-per-cell", "2", "--max-per-cell", "4",
                  "--out", "cells.json", "--plot", "cells.png"]) == 0
