@@ -69,7 +69,7 @@ def test_explain_errors_are_one_line(ckpts, tmp_path, capsys):
     corrupt.write_bytes(b"PK\x03\x04 truncated zip")
     cases = [
         ([str(ckpts["coords"]), str(img), "--country", "DE"], "no country classes"),
-        ([str(ckpts["country"]), str(img), "--target", "lat"], "for coordinate models"),
+        ([str(ckpts["country"]), str(img), "--target", "lat"], "for linear coordinate models"),
         ([str(ckpts["country"]), str(img), "--country", "US"], "not one of the checkpoint's countries"),
         ([str(ckpts["country"]), str(bad)], "not an image"),
         ([str(ckpts["country"]), str(tmp_path / "none.jpg")], "no such file"),
