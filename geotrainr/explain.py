@@ -161,7 +161,7 @@ def gradcam(model, x: torch.Tensor, target: str | None = None) -> tuple[np.ndarr
     """
     kind = model.task_kind
     backbone = model.backbone
-    geocells = kind == "coords" and getattr(model, "head_kind", "linear") == "geocells"
+    geocells = model.head_kind == "geocells"
     if geocells and target is not None and target.lower() in ("lat", "lon"):
         raise ExplainError("a geocell model explains a country (its cells' summed probability), not 'lat'/'lon'")
     if kind == "coords" and not geocells:

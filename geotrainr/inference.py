@@ -419,7 +419,7 @@ class Locator:
             pin_memory=self.device.type == "cuda",
         )
         result: dict = {"latlon": np.full((n, 2), np.nan), "errors": {}}
-        if self.kind != "coords" or getattr(self.model, "head_kind", "linear") != "linear":
+        if self.model.predicts_countries:
             result["probs"] = np.full((n, len(self.countries)), np.nan, dtype=np.float32)
         done = 0
         with torch.inference_mode():

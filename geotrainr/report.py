@@ -201,7 +201,7 @@ def evaluate(
     if unseen:
         notes.append(f"True countries outside the checkpoint's class list (count against accuracy, left out of Acc@k): {', '.join(unseen)}")
     return Evaluation(loc.kind, loc.countries, frame, metrics, str(dm.index_path), split, skipped, notes,
-                      getattr(loc.model, "head_kind", None))
+                      loc.model.head_kind)
 
 
 def _fmt(name: str, value: float) -> str:

@@ -214,6 +214,8 @@ def test_geocells_config_and_command(tiny_index, tmp_path, monkeypatch):
     assert main(["fit", *args, "--trainer.max_epochs=1", "--model.init_args.geocells=cells.json"]) == 0
     assert main(["geocells", "--index", str(tiny_index), "--min-per-cell", "3", "--max-per-cell", "4"]) == 2
     assert main(["geocells", "--checkpoint", str(tmp_path / "cells.png")]) == 2
+    assert main(["geocells", "--index", str(tiny_index), "--plot", "map.txt", "--out", "never.json"]) == 2
+    assert not (tmp_path / "never.json").exists()  # a bad option is refused before anything is written
 
 
 def test_ablation_runner_end_to_end(tiny_index, tmp_path):

@@ -33,10 +33,11 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     locator = Locator.from_checkpoint(args.checkpoint, device=None if args.device == "auto" else args.device)
     target = args.country or args.target
-    if args.target and (locator.kind != "coords" or getattr(locator.model, "head_kind", "linear") != "linear"):
+    if args.target and locator.model.predicts_countries:
         from geotrainr.explain import ExplainError
 
-        raise ExplainError(f"--target {args.target} is for linear coordinate models; this is a {getattr(locator.model, 'head_kind', locator.kind) if locator.kind == 'coords' else locator.kind} model (use --country)")
+        what = "geocell" if locator.model.head_kind == "geocells" else locator.kind
+        raise ExplainError(f"--target {args.target} is for linear coordinate models; this is a {what} model (use --country)")
     e = explain(locator, args.image, target=target)
     out = Path(args.out) if args.out else Path(f"{Path(args.image).stem}_gradcam.png")
     e.save(out, alpha=args.alpha, credit=args.credit)

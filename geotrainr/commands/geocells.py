@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
+
+from geotrainr.countries import resolve_countries
 from geotrainr.geocells import Geocells, GeocellError, plot_geocells
 
 
@@ -29,27 +32,27 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    draw = args.plot.lower() != "none"
+    if draw and Path(args.plot).suffix.lower() not in (".png", ".jpg", ".jpeg", ".pdf", ".svg"):
+        raise GeocellError(f"--plot {args.plot}: use a .png, .jpg, .pdf or .svg file name")
     points = None
     if args.checkpoint:
         cells = Geocells.load(args.checkpoint)
     else:
         from geotrainr.data.datamodule import GeoDataModule
 
-        countries = [c.strip() for c in args.countries.split(",") if c.strip()] if args.countries else None
+        countries = resolve_countries(args.countries) if args.countries else None
         dm = GeoDataModule(index=args.index, countries=countries, num_workers=0)
         points, codes = dm.train_coordinates()
         cells = Geocells.build(points, codes, args.min_per_cell, args.max_per_cell)
     print(cells)
     counts = cells.counts
-    print(f"training images per cell: min {counts.min()}, median {int(round(float(sorted(counts)[len(counts) // 2])))}, "
-          f"max {counts.max()}")
+    print(f"training images per cell: min {counts.min()}, median {np.median(counts):g}, max {counts.max()}")
     small = sorted({c for c, n in zip(cells.countries, counts) if n < cells.min_per_cell})
     if small:
         print(f"countries with fewer than {cells.min_per_cell} training images (one small cell each): {', '.join(small)}")
     if args.out:
         print(f"cells written to {cells.save(args.out)}")
-    if args.plot.lower() != "none":
-        if Path(args.plot).suffix.lower() not in (".png", ".jpg", ".jpeg", ".pdf", ".svg"):
-            raise GeocellError(f"--plot {args.plot}: use a .png, .jpg, .pdf or .svg file name")
+    if draw:
         print(f"map written to {plot_geocells(cells, args.plot, points=points)}")
     return 0

@@ -161,10 +161,11 @@ class GeoDataModule(L.LightningDataModule):
         if not self.frames:
             self.setup()
         train = self.frames["train"]
-        train = train[train["country"].str.upper().isin(self.countries)]
-        if len(train) == 0:
+        codes = train["country"].str.upper()
+        known = codes.isin(self.countries)
+        if not known.any():
             raise IndexValidationError(f"{self.index_path}: no training rows in the class list's countries")
-        return train[["lat", "lon"]].to_numpy(np.float64, copy=True), train["country"].str.upper().tolist()
+        return train.loc[known, ["lat", "lon"]].to_numpy(np.float64, copy=True), codes[known].tolist()
 
     def class_centres(self) -> np.ndarray:
         """(num_classes, 2) centres of the classes, for anchors and country guesses."""

@@ -58,6 +58,8 @@ class GeoTask(L.LightningModule):
     """
 
     task_kind = "base"
+    #: coordinate models: ``linear`` or ``geocells``; None for tasks with a single head
+    head_kind: str | None = None
     monitor = "val/loss"
     monitor_mode: Literal["min", "max"] = "min"
 
@@ -244,6 +246,11 @@ class GeoTask(L.LightningModule):
         }
 
     # --- prediction helpers ------------------------------------------------------------
+
+    @property
+    def predicts_countries(self) -> bool:
+        """Whether :meth:`predict_latlon` gives probabilities over ``countries`` (``probs``)."""
+        return True
 
     def predict_latlon(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per image: ``latlon`` (N, 2) and, where the task has them, ``probs`` (N, C)."""

@@ -116,6 +116,10 @@ class CoordinateRegressor(GeoTask):
         if self.head is None:
             raise TaskConfigError("this geocell model has no cells yet: fit it, pass geocells: FILE or load a checkpoint")
 
+    @property
+    def predicts_countries(self) -> bool:
+        return self.head_kind == "geocells"
+
     def configure_metrics(self) -> dict[str, Metric | MetricCollection]:
         if self.head_kind == "geocells":
             return {"cls": classification_metrics(self.num_classes), "geo": GeolocationError()}
