@@ -100,3 +100,26 @@ def test_no_horizontal_flip_by_default(tiny_index):
     assert not any(isinstance(o, T.RandomHorizontalFlip) for o in ops)
     dm_flip = GeoDataModule(str(tiny_index), num_workers=0, hflip=True)
     assert any(isinstance(o, T.RandomHorizontalFlip) for o in dm_flip.dataset("train", train=True).transform.transforms)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA"])
+def test_normalisation_equals_torchvision_bit_for_bit(mode):
+    import numpy as np
+    from PIL import Image
+    from torchvision import transforms as T
+
+    from geotrainr.data.dataset import ToNormalizedTensor
+
+    rng = np.random.default_rng(0)
+    channels = {"RGB": 3, "L": 1, "RGBA": 4}[mode]
+    pixels = rng.integers(0, 256, size=(37, 53, channels), dtype=np.uint8)
+    im = Image.fromarray(pixels[..., 0] if channels == 1 else pixels, mode)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    ours = ToNormalizedTensor(mean, std)(im)
+    reference = T.Compose([T.ToTensor(), T.Normalize(mean, std)])(im.convert("RGB"))
+    assert ours.dtype == torch.float32 and ours.shape == (3, 37, 53)
+    assert torch.equal(ours, reference)
+    every_level = Image.fromarray(np.arange(256, dtype=np.uint8).repeat(3).reshape(16, 16, 3))
+    assert torch.equal(ToNormalizedTensor(mean, std)(every_level), T.Compose([T.ToTensor(), T.Normalize(mean, std)])(every_level))
+    as_floats = np.asarray(every_level, dtype=np.float64)  # arrays of other types take the arithmetic path
+    assert torch.allclose(ToNormalizedTensor(mean, std)(as_floats), ToNormalizedTensor(mean, std)(every_level))

@@ -79,19 +79,27 @@ class ToNormalizedTensor:
     The same numbers as torchvision's pair, bit for bit, but computed single-threaded: per-image torch ops
     on a 128 px image are large enough to go through torch's thread pool, and with few cores shared by
     loader workers (or a busy machine) each such op can stall for a scheduler time slice. Decoding in the
-    main process (``num_workers=0``) on 2 busy cores ran up to 10x slower that way.
+    main process (``num_workers=0``) on 2 busy cores ran up to 10x slower that way. Each channel is a
+    lookup in a 256-entry table computed with the same float32 steps: half the time of the arithmetic.
     """
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
         self.mean = np.asarray(mean, dtype=np.float32)
         self.std = np.asarray(std, dtype=np.float32)
+        levels = np.arange(256, dtype=np.float32) / np.float32(255.0)
+        self._table = np.ascontiguousarray(((levels[:, None] - self.mean) / self.std).T)  # (3, 256)
 
     def __call__(self, pic) -> torch.Tensor:
         if isinstance(pic, Image.Image) and pic.mode != "RGB":
             pic = pic.convert("RGB")
-        a = np.asarray(pic, dtype=np.float32) / np.float32(255.0)
-        a = (a - self.mean) / self.std
-        return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))
+        a = np.asarray(pic)
+        if a.dtype != np.uint8:  # e.g. a float array: the arithmetic the table stands for
+            a = (a.astype(np.float32) / np.float32(255.0) - self.mean) / self.std
+            return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))
+        out = np.empty((3, a.shape[0], a.shape[1]), dtype=np.float32)
+        for c in range(3):
+            np.take(self._table[c], a[..., c], out=out[c])
+        return torch.from_numpy(out)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(mean={self.mean.tolist()}, std={self.std.tolist()})"
