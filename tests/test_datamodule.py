@@ -123,3 +123,26 @@ def test_normalisation_equals_torchvision_bit_for_bit(mode):
     assert torch.equal(ToNormalizedTensor(mean, std)(every_level), T.Compose([T.ToTensor(), T.Normalize(mean, std)])(every_level))
     as_floats = np.asarray(every_level, dtype=np.float64)  # arrays of other types take the arithmetic path
     assert torch.allclose(ToNormalizedTensor(mean, std)(as_floats), ToNormalizedTensor(mean, std)(every_level))
+
+
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear", "nearest"])
+def test_eval_resize_and_crop_match_torchvision_within_one_level(interpolation):
+    import numpy as np
+    from PIL import Image
+    from skimage import data as skimage_data
+    from torchvision import transforms as T
+
+    from geotrainr.data.dataset import ResizeCenterCrop
+
+    noise = Image.fromarray(np.random.default_rng(1).integers(0, 256, size=(97, 131, 3), dtype=np.uint8))
+    photos = [Image.fromarray(skimage_data.chelsea()), Image.fromarray(skimage_data.astronaut()), noise, noise.transpose(Image.Transpose.TRANSPOSE)]
+    mode = T.InterpolationMode(interpolation)
+    for size, resize_to in [(64, 64), (64, 73), (97, 97), (48, 40), (128, 146)]:  # plain, crop_pct 0.875, no resampling, padding, upscaling
+        ours = ResizeCenterCrop(size, resize_to, interpolation)
+        reference = T.Compose([T.Resize(resize_to, interpolation=mode), T.CenterCrop(size)])
+        for photo in photos:
+            a, b = np.asarray(ours(photo), dtype=int), np.asarray(reference(photo), dtype=int)
+            assert a.shape == b.shape == (size, size, 3), (photo.size, size, resize_to)
+            assert np.abs(a - b).max() <= 1, (photo.size, size, resize_to, np.abs(a - b).max())
+            if resize_to == min(photo.size) or interpolation == "nearest":
+                assert np.array_equal(a, b)  # unresampled crops and nearest neighbour take exactly torchvision's path
