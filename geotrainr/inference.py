@@ -10,11 +10,9 @@ from __future__ import annotations
 import importlib
 import math
 import os
-import queue
 import re
-import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -313,49 +311,6 @@ def _collate(samples: list) -> tuple[list[int], torch.Tensor | None, list[tuple[
     return [i for i, _ in good], x, errors
 
 
-def in_background(items: Iterable, ahead: int = 2) -> Iterator:
-    """Yield ``items`` as a background thread produces them, up to ``ahead`` in advance.
-
-    Pillow and NumPy release the GIL while decoding and resizing, so without worker processes the
-    next batch gets ready while torch runs the forward pass of this one. An exception in the thread is
-    raised here; leaving the loop early stops the thread after the item it is on.
-    """
-    slots: queue.Queue = queue.Queue(maxsize=max(1, ahead))
-    stop = threading.Event()
-
-    def offer(entry: tuple) -> bool:
-        while not stop.is_set():
-            try:
-                slots.put(entry, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if not offer(("item", item)):
-                    return
-            offer(("end", None))
-        except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
-            offer(("error", e))
-
-    thread = threading.Thread(target=produce, name="geotrainr-prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            kind, value = slots.get()
-            if kind == "end":
-                return
-            if kind == "error":
-                raise value
-            yield value
-    finally:
-        stop.set()
-        thread.join()
-
-
 def auto_device() -> torch.device:
     """The GPU when there is one, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -466,10 +421,9 @@ class Locator:
         result: dict = {"latlon": np.full((n, 2), np.nan), "errors": {}}
         if self.model.predicts_countries:
             result["probs"] = np.full((n, len(self.countries)), np.nan, dtype=np.float32)
-        batches = in_background(loader) if num_workers == 0 and n > batch_size else loader
         done = 0
         with torch.inference_mode():
-            for idx, x, failed in batches:
+            for idx, x, failed in loader:
                 result["errors"].update(failed)
                 if x is not None:
                     out = self.model.predict_latlon(x.to(self.device, non_blocking=True))

@@ -24,7 +24,6 @@ from geotrainr.inference import (
     Locator,
     auto_group_key,
     group,
-    in_background,
     open_photo,
     read_checkpoint,
 )
@@ -322,44 +321,10 @@ def test_many_photos_with_workers_keep_order(ckpts, tmp_path):
     loc = Locator.from_checkpoint(ckpts["country"], device="cpu")
     a = loc.locate(files, batch_size=4, num_workers=2)
     b = loc.locate(files, batch_size=32, num_workers=0)
-    c = loc.locate(files, batch_size=3, num_workers=0)  # several batches: decoded in a background thread
-    assert [g.image for g in a] == [str(f) for f in files] == [g.image for g in c]
-    assert not a[5].ok and "f05.png" in a[5].error and not c[5].ok
-    for x, y, z in zip(a, b, c):
-        assert x.country == y.country == z.country
-        assert (x.probability or 0) == pytest.approx(y.probability or 0, abs=1e-5)
-        assert (z.probability or 0) == pytest.approx(y.probability or 0, abs=1e-5)
-
-
-def test_background_iteration_keeps_order_raises_and_stops():
-    import threading
-
-    assert list(in_background(iter(range(50)), ahead=2)) == list(range(50))
-
-    def failing():
-        yield 1
-        raise ValueError("bad batch")
-
-    seen = []
-    with pytest.raises(ValueError, match="bad batch"):
-        for item in in_background(failing()):
-            seen.append(item)
-    assert seen == [1]
-
-    produced = []
-
-    def endless():
-        i = 0
-        while True:
-            produced.append(i)
-            yield i
-            i += 1
-
-    for item in in_background(endless(), ahead=1):
-        if item == 3:
-            break
-    assert len(produced) <= 6  # at most the slot and the item in hand beyond what was taken
-    assert not any(t.name == "geotrainr-prefetch" for t in threading.enumerate())
+    assert [g.image for g in a] == [str(f) for f in files]
+    assert not a[5].ok and "f05.png" in a[5].error
+    for x, y in zip(a, b):
+        assert x.country == y.country and (x.probability or 0) == pytest.approx(y.probability or 0, abs=1e-5)
 
 
 def test_auto_group_key():
