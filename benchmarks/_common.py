@@ -177,15 +177,20 @@ def peak_rss_mib() -> float:
 # --- test photos ----------------------------------------------------------------------------------
 
 
+def photo_files(photos: Path) -> list[Path]:
+    """The image files under ``photos``, sorted."""
+    files = sorted(p for p in Path(photos).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
+    if not files:
+        raise SystemExit(f"{photos}: no photos found")
+    return files
+
+
 def source_images(photos: Path | None) -> tuple[list, str]:
     """PIL images to re-encode: the photos in ``photos``, else the demo patches (aerial, 32 px)."""
     from PIL import Image
 
     if photos is not None:
-        files = sorted(p for p in Path(photos).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
-        if not files:
-            raise SystemExit(f"{photos}: no photos found")
-        return [Image.open(p) for p in files], f"photos from {photos}"
+        return [Image.open(p) for p in photo_files(photos)], f"photos from {photos}"
     from geotrainr.data.demo import ensure_demo
     from geotrainr.data.index import read_index
 

@@ -5,9 +5,10 @@ Both arms use the same model at the same batch size. The raw arm runs
 locate arm goes from image files to :class:`~geotrainr.inference.Guess` objects
 (decoding in its default worker processes, the eval transform, the forward,
 softmax and top-k, the nearest GeoNames place), after one warm-up call that
-builds the place index. Two sets of photos: the demo patches (32 px PNGs,
-what the demo model is trained on) and 640 x 640 JPEGs (street-photo sized;
-from ``--photos`` or the demo patches upscaled). The arms alternate per round.
+builds the place index. Sets of photos: the demo patches (32 px PNGs, what
+the demo model is trained on), 640 x 640 JPEGs (street-photo sized; from
+``--photos`` or the demo patches upscaled) and, with ``--photos``, those
+photos as they are (any size and aspect ratio). The arms alternate per round.
 
     python benchmarks/locate.py                          # country config's model (Lite0, 128 px)
     python benchmarks/locate.py --checkpoint best.ckpt   # your own checkpoint
@@ -22,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import append_result, apply_threads, base_parser, interleave, make_jpegs, median, print_table, rounds, verdict, workdir  # noqa: E402
+from _common import append_result, apply_threads, base_parser, interleave, make_jpegs, median, photo_files, print_table, rounds, verdict, workdir  # noqa: E402
 
 GOAL = 0.9
 
@@ -121,11 +122,17 @@ def main() -> None:
         "locate demo": lambda r: locate_rate(locator, files_demo, args.batch_size, args.workers),
         "locate 640": lambda r: locate_rate(locator, files_640, args.batch_size, args.workers),
     }
+    labels = {"locate demo": "demo patches (32 px PNG)", "locate 640": f"640 px JPEG ({what})"}
+    if args.photos is not None:
+        own = photo_files(args.photos)
+        files_own = [own[i % len(own)] for i in range(n)]
+        arms["locate photos"] = lambda r: locate_rate(locator, files_own, args.batch_size, args.workers)
+        labels["locate photos"] = f"{len(own)} photos as they are ({args.photos})"
     results = interleave(arms, rounds(args))
     raw = results["raw forward"]
     figures = {"raw_images_per_s": median(raw), "raw_runs": raw, "goal": GOAL}
     rows = [["raw batched forward", "tensors", median(raw), 1.0, ""]]
-    for name, label in (("locate demo", "demo patches (32 px PNG)"), ("locate 640", f"640 px JPEG ({what})")):
+    for name, label in labels.items():
         ratios = [a / b for a, b in zip(results[name], raw)]
         ratio = median(ratios)
         key = name.replace(" ", "_")
