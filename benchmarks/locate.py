@@ -6,10 +6,11 @@ locate arm goes from image files to :class:`~geotrainr.inference.Guess` objects
 (decoding, the eval transform, the forward, softmax and top-k, the nearest
 GeoNames place), after one warm-up call that builds the place index. By
 default the locator decodes in worker processes only on cores that torch's
-threads leave free, else between batches; ``--workers`` overrides that. Sets of photos: the demo patches (32 px PNGs, what
-the demo model is trained on), 640 x 640 JPEGs (street-photo sized; from
-``--photos`` or the demo patches upscaled) and, with ``--photos``, those
-photos as they are (any size and aspect ratio). The arms alternate per round.
+threads leave free, else between batches; ``--workers`` overrides that.
+Sets of photos: the demo patches (32 px PNGs, what the demo model is trained
+on), 640 x 640 JPEGs (street-photo sized; from ``--photos`` or the demo
+patches upscaled) and, with ``--photos``, those photos as they are (any size
+and aspect ratio). The arms alternate per round.
 
     python benchmarks/locate.py                          # country config's model (Lite0, 128 px)
     python benchmarks/locate.py --checkpoint best.ckpt   # your own checkpoint
