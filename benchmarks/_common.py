@@ -177,11 +177,17 @@ def peak_rss_mib() -> float:
 # --- test photos ----------------------------------------------------------------------------------
 
 
+def usage_error(message: str) -> None:
+    """One line on standard error and exit code 2, as argparse does for a bad argument."""
+    print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def photo_files(photos: Path) -> list[Path]:
     """The image files under ``photos``, sorted."""
     files = sorted(p for p in Path(photos).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
     if not files:
-        raise SystemExit(f"{photos}: no photos found")
+        usage_error(f"--photos {photos}: no photos found")
     return files
 
 

@@ -98,6 +98,7 @@ def main() -> None:
     apply_threads(args)
     q = args.quick
     n = args.images or (32 if q else 256)
+    own = photo_files(args.photos) if args.photos is not None else None  # a bad --photos fails before any work
     scratch = workdir(args, "locate")
 
     import torch
@@ -125,8 +126,7 @@ def main() -> None:
         "locate 640": lambda r: locate_rate(locator, files_640, args.batch_size, args.workers),
     }
     labels = {"locate demo": "demo patches (32 px PNG)", "locate 640": f"640 px JPEG ({what})"}
-    if args.photos is not None:
-        own = photo_files(args.photos)
+    if own is not None:
         files_own = [own[i % len(own)] for i in range(n)]
         arms["locate photos"] = lambda r: locate_rate(locator, files_own, args.batch_size, args.workers)
         labels["locate photos"] = f"{len(own)} photos as they are ({args.photos})"

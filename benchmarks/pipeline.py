@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import append_result, apply_threads, base_parser, interleave, make_jpegs, median, print_table, rounds, verdict, workdir  # noqa: E402
+from _common import append_result, apply_threads, base_parser, interleave, make_jpegs, median, print_table, rounds, usage_error, verdict, workdir  # noqa: E402
 
 GOAL_LOADER_OVER_MODEL = 3.0
 #: "no slower": the geometric mean of parquet/files over all settings at least 1 - 3 % (run-to-run noise here)
@@ -125,7 +125,7 @@ def main() -> None:
     model_steps = args.model_steps or (2 if q else 3)
     warmup = 1 + 2 * max(args.workers)  # worker start-up plus the batches the workers prefetch (prefetch_factor 2)
     if (warmup + batches) * bs > n_images:
-        raise SystemExit(f"--images {n_images} is too few for {warmup} warm-up + {batches} timed batches of {bs}")
+        usage_error(f"--images {n_images} is too few for {warmup} warm-up + {batches} timed batches of {bs}")
 
     scratch = workdir(args, "pipeline")
     t0 = time.perf_counter()
