@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import sys
 from pathlib import Path
@@ -66,52 +64,18 @@ class GeoCLI(LightningCLI):
     def after_test(self) -> None:
         self._save_metrics("test", "test/")
 
-    def after_predict(self) -> None:
-        if not self.trainer.is_global_zero:
-            return
-        batches = [b for b in (self.trainer.predict_loop.predictions or []) if b is not None]
+    def before_predict(self) -> None:
+        """Every rank's predictions go through one writer, in the record schema ``locate`` and ``report`` use."""
+        from geotrainr.predictions import PredictionWriter
+
         out = self.config_init[self.subcommand].get("predictions") if self.config_init else None
-        out = Path(out) if out else self._log_dir() / "predictions.csv"
-        rows = prediction_rows(batches, self.datamodule, self.model)
-        write_rows(rows, out)
-        print(f"{len(rows)} predictions written to {out}")
+        self._prediction_writer = PredictionWriter(Path(out) if out else self._log_dir() / "predictions.csv")
+        self.trainer.callbacks.append(self._prediction_writer)
 
-
-def prediction_rows(batches: list[dict], datamodule: GeoDataModule, model: GeoTask) -> list[dict]:
-    """One row per image: its path, the truth, the guess (and top-5 countries where the task has them)."""
-    frame = datamodule.frames[datamodule.hparams.predict_split].reset_index(drop=True)
-    rows = []
-    for b in batches:
-        for n, i in enumerate(b["index"].tolist()):
-            src = frame.iloc[i]
-            row = {
-                "image": src["image_path"] if "image_path" in frame.columns else f"row {i}",
-                "true_country": src["country"],
-                "true_lat": float(src["lat"]),
-                "true_lon": float(src["lon"]),
-                "lat": float(b["latlon"][n, 0]),
-                "lon": float(b["latlon"][n, 1]),
-            }
-            if "probs" in b:
-                p = b["probs"][n]
-                top = p.topk(min(5, len(p)))
-                row["country"] = model.countries[int(top.indices[0])]
-                row["probability"] = float(top.values[0])
-                row["top5"] = " ".join(f"{model.countries[int(c)]}:{float(v):.3f}" for v, c in zip(top.values, top.indices))
-            rows.append(row)
-    return rows
-
-
-def write_rows(rows: list[dict], path: Path) -> None:
-    """CSV or JSON by extension, atomically."""
-    if path.suffix.lower() == ".json":
-        write_text_atomic(path, json.dumps(rows, indent=1))
-        return
-    buffer = io.StringIO(newline="")
-    w = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
-    w.writeheader()
-    w.writerows(rows)
-    write_text_atomic(path, buffer.getvalue())
+    def after_predict(self) -> None:
+        writer = getattr(self, "_prediction_writer", None)
+        if self.trainer.is_global_zero and writer is not None and writer.written is not None:
+            print(f"{writer.written} predictions written to {writer.path}")
 
 
 def _user_error_in_chain(error: BaseException) -> GeotrainrError | None:
@@ -124,8 +88,38 @@ def _user_error_in_chain(error: BaseException) -> GeotrainrError | None:
     return None
 
 
+def _ckpt_path_arg(args: list[str]) -> str | None:
+    """The value of ``--ckpt_path`` among the arguments (``--ckpt_path X`` or ``--ckpt_path=X``)."""
+    for i, a in enumerate(args):
+        if a == "--ckpt_path" and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith("--ckpt_path="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def check_ckpt_path(path: str | None) -> None:
+    """Read a ``--ckpt_path`` file through the checkpoint module before Lightning touches it.
+
+    Lightning re-reads the file's hyper-parameters and would import the class they name; here the
+    file must be a valid geotrainr checkpoint whose class is the one registered for its task kind.
+    """
+    if not path or not Path(path).is_file():
+        return  # "last", "best", hub URLs or a missing file: Lightning resolves and reports those
+    from geotrainr.checkpoints import CheckpointError, read_checkpoint, task_class
+
+    ckpt = read_checkpoint(path)
+    cls = task_class(ckpt["geotrainr"])
+    named = (ckpt.get("hyper_parameters") or {}).get("_class_path")
+    expected = f"{cls.__module__}.{cls.__qualname__}"
+    if named is not None and named not in (expected, f"geotrainr.tasks.{cls.__qualname__}"):
+        raise CheckpointError(f"{path}: its hyper-parameters name the class {named!r}, not the {ckpt['geotrainr']['task']} "
+                              f"task's {expected}; refused")
+
+
 def run_lightning(verb: str, args: list[str]) -> int:
     """Run one LightningCLI verb; returns the exit code."""
+    check_ckpt_path(_ckpt_path_arg(args))
     torch.set_float32_matmul_precision("high")
     saved_argv = sys.argv
     sys.argv = [saved_argv[0], verb, *args]  # LightningCLI reads sys.argv (and warns when given both)

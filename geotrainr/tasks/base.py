@@ -28,6 +28,15 @@ class TaskConfigError(GeotrainrError, ValueError):
     """The task's arguments do not fit together (e.g. no class list)."""
 
 
+class ExplainError(GeotrainrError, ValueError):
+    """The requested explanation does not exist for this model (e.g. a country for a coordinate model)."""
+
+
+#: Task kind -> class: the only classes a checkpoint or exported model may be loaded as. A subclass of
+#: :class:`GeoTask` defined in a ``geotrainr.tasks`` module with its own ``task_kind`` registers itself.
+TASKS: dict[str, type[GeoTask]] = {}
+
+
 class GeoTask(L.LightningModule):
     """Base class of the tasks.
 
@@ -62,6 +71,17 @@ class GeoTask(L.LightningModule):
     head_kind: str | None = None
     monitor = "val/loss"
     monitor_mode: Literal["min", "max"] = "min"
+    #: what the model is, for reports and listings
+    description = "geolocation model"
+    #: what its guessed coordinates are, for tables, maps and reports
+    guess_note = ""
+    #: how Grad-CAM names what it explains (``"class"``: "Grad-CAM for class DE ...")
+    explain_label = "class"
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "task_kind" in vars(cls) and cls.__module__.startswith("geotrainr.tasks."):
+            TASKS[cls.task_kind] = cls
 
     def __init__(
         self,
@@ -101,7 +121,7 @@ class GeoTask(L.LightningModule):
         self.val_metrics = nn.ModuleDict({k: m.clone() for k, m in metrics.items()})
         self.test_metrics = nn.ModuleDict({k: m.clone() for k, m in metrics.items()})
         if init_from:
-            from geotrainr.inference import copy_backbone_weights
+            from geotrainr.checkpoints import copy_backbone_weights
 
             copy_backbone_weights(init_from, self.backbone)
         self.save_hyperparameters()
@@ -161,17 +181,23 @@ class GeoTask(L.LightningModule):
     def test_step(self, batch: dict, batch_idx: int):
         return self._step(batch, "test")
 
-    def _log_epoch(self, stage: str) -> None:
+    @staticmethod
+    def compute_metrics(metrics: dict[str, Metric | MetricCollection], prefix: str = "") -> dict[str, torch.Tensor]:
+        """Flat ``{prefix + name: value}`` of the metrics that saw data, then reset them."""
         flat: dict[str, Any] = {}
-        for name, metric in self.metrics_for(stage).items():
+        for name, metric in metrics.items():
             if not _was_updated(metric):
                 continue
             value = metric.compute()
             if isinstance(value, dict):
-                flat.update({f"{stage}/{k}": v for k, v in value.items()})
+                flat.update({f"{prefix}{k}": v for k, v in value.items()})
             else:
-                flat[f"{stage}/{name}"] = value
+                flat[f"{prefix}{name}"] = value
             metric.reset()
+        return flat
+
+    def _log_epoch(self, stage: str) -> None:
+        flat = self.compute_metrics(self.metrics_for(stage), f"{stage}/")
         shown = {f"{stage}/acc1", f"{stage}/err_km_median"}  # in the progress bar, the rest in the logger only
         for key, value in flat.items():
             self.log(key, value, prog_bar=key in shown, sync_dist=False)  # already synced by torchmetrics
@@ -236,14 +262,43 @@ class GeoTask(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Everything ``geotrainr locate`` needs besides the weights."""
+        from geotrainr.checkpoints import FORMAT_VERSION
+
         checkpoint["geotrainr"] = {
+            "format": FORMAT_VERSION,
             "version": __version__,
             "task": self.task_kind,
             "class_path": f"{type(self).__module__}.{type(self).__qualname__}",
             "backbone": self.hparams.backbone,
             "countries": list(self.countries),
             "preprocessing": self.preprocessing.to_dict(),
+            "head": self.head_kind,
+            "metrics": self._scalar_metrics(),
+            "data": self._data_card(),
         }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Refuse weights trained on another class list (the same codes in another order permute labels)."""
+        from geotrainr.checkpoints import check_countries
+
+        saved = checkpoint.get("geotrainr", {}).get("countries")
+        if saved is not None:
+            check_countries(saved, self.countries)
+
+    def _scalar_metrics(self) -> dict[str, float]:
+        """The latest validation metrics (for model cards), when a Trainer has logged some."""
+        trainer = getattr(self, "_trainer", None)
+        if trainer is None:
+            return {}
+        return {k: float(v) for k, v in trainer.callback_metrics.items()
+                if k.startswith("val/") and torch.as_tensor(v).numel() == 1}
+
+    def _data_card(self) -> dict:
+        """Where the training data came from and under which licence (for model cards)."""
+        trainer = getattr(self, "_trainer", None)
+        dm = getattr(trainer, "datamodule", None) if trainer is not None else None
+        describe = getattr(dm, "describe", None)
+        return describe() if callable(describe) else {}
 
     # --- prediction helpers ------------------------------------------------------------
 
@@ -255,6 +310,40 @@ class GeoTask(L.LightningModule):
     def predict_latlon(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per image: ``latlon`` (N, 2) and, where the task has them, ``probs`` (N, C)."""
         raise NotImplementedError
+
+    def update_metrics(self, metrics: dict[str, Metric | MetricCollection], out: dict[str, torch.Tensor], batch: dict) -> None:
+        """Update this task's metrics from :meth:`predict_latlon`'s output and a batch's truth.
+
+        Training, validation, ``test`` and ``report`` all score through here, so they agree.
+        """
+        raise NotImplementedError
+
+    def new_metrics(self) -> dict[str, Metric | MetricCollection]:
+        """A fresh set of this task's metrics (for evaluations outside a Trainer)."""
+        return {k: m.clone() for k, m in self.configure_metrics().items()}
+
+    # --- Grad-CAM -------------------------------------------------------------------------------
+
+    def explain_target(self, target: str | None) -> str | None:
+        """Check an explain target (a country of the class list); None means the predicted one."""
+        if target is None:
+            return None
+        code = target.strip().upper()
+        if code not in self.countries:
+            raise ExplainError(f"{target!r} is not one of the model's countries: {', '.join(self.countries)}")
+        return code
+
+    def explain_score(self, pooled: torch.Tensor, target: str | None) -> tuple[torch.Tensor, str, str, float]:
+        """From pooled features of one image: (score to explain, target, predicted, shown value)."""
+        raise NotImplementedError
+
+    def _explain_class(self, scores: torch.Tensor, target: str | None) -> tuple[torch.Tensor, str, str, float]:
+        """Explain one class of per-class ``scores`` (1, C): the target's score and its probability."""
+        probs = scores.detach().float().softmax(-1)[0]
+        predicted = self.countries[int(probs.argmax())]
+        target = self.explain_target(target) or predicted
+        k = self.countries.index(target)
+        return scores[0, k], target, predicted, float(probs[k])
 
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0):
         if "image" not in batch:

@@ -13,7 +13,7 @@ from geotrainr.errors import GeotrainrError
 from geotrainr.geo import from_seed_frame, great_circle_error_km, to_seed_frame
 from geotrainr.geocells import DEFAULT_TAU_KM, Geocells, country_probs, decode, haversine_smoothed_targets
 from geotrainr.metrics import GeolocationError, classification_metrics
-from geotrainr.tasks.base import GeoTask, TaskConfigError
+from geotrainr.tasks.base import ExplainError, GeoTask, TaskConfigError
 
 
 class CoordinateRegressor(GeoTask):
@@ -161,27 +161,60 @@ class CoordinateRegressor(GeoTask):
         else:
             loss = great_circle_error_km(from_seed_frame(out), true).mean().float() / 1000.0
         with torch.no_grad():
-            metrics = self.metrics_for(stage)
-            guess = self.guess(out)
-            metrics["geo"].update(guess["latlon"], true)
-            if "cls" in metrics:
-                known = batch["country"] >= 0
-                if known.any():
-                    metrics["cls"].update(guess["probs"][known], batch["country"][known])
+            self.update_metrics(self.metrics_for(stage), self.guess(out), batch)
         return loss
 
     def predict_latlon(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.guess(self(images))
 
+    def update_metrics(self, metrics: dict, out: dict[str, torch.Tensor], batch: dict) -> None:
+        metrics["geo"].update(out["latlon"], batch["latlon"])
+        if "cls" in metrics:
+            known = batch["country"] >= 0
+            if known.any():
+                metrics["cls"].update(out["probs"][known], batch["country"][known])
+
+    # --- what the model says about itself ----------------------------------------------------------
+
+    @property
+    def description(self) -> str:
+        return "geocell classifier" if self.head_kind == "geocells" else "coordinate regressor"
+
+    @property
+    def guess_note(self) -> str:
+        if self.head_kind == "geocells":
+            return "geocell model: lat/lon is the centroid of a cell in the guessed country"
+        return "coordinate model: 'guess' is the country the coordinates fall in"
+
+    def explain_target(self, target: str | None) -> str | None:
+        if self.head_kind == "geocells":
+            if target is not None and target.strip().lower() in ("lat", "lon"):
+                raise ExplainError("a geocell model explains a country (its cells' summed probability), not 'lat'/'lon'")
+            return super().explain_target(target)
+        target = (target or "lat").strip().lower()
+        if target not in ("lat", "lon"):
+            raise ExplainError(f"a coordinate model explains 'lat' or 'lon', not {target!r}: it has no country classes")
+        return target
+
+    def explain_score(self, pooled: torch.Tensor, target: str | None) -> tuple[torch.Tensor, str, str, float]:
+        """Geocells: a country's summed cell probability; linear: the latitude or longitude output."""
+        if self.head_kind == "geocells":
+            return self._explain_class(self.country_logits(self.head(pooled).float()), target)
+        target = self.explain_target(target)
+        out = self.head(pooled).float()
+        latlon = from_seed_frame(out.detach())[0]
+        k = 0 if target == "lat" else 1
+        return out[0, k], target, f"{float(latlon[0]):.2f}, {float(latlon[1]):.2f}", float(latlon[k])
+
     # --- checkpoints ----------------------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
-        checkpoint["geotrainr"]["head"] = self.head_kind
         if self.geocells is not None:
             checkpoint["geotrainr"]["geocells"] = self.geocells.to_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
         record = checkpoint.get("geotrainr", {}).get("geocells")
         if self.head_kind == "geocells" and record is not None:
             self.set_geocells(Geocells.from_dict(record))

@@ -26,6 +26,8 @@ class CountryClassifier(GeoTask):
     task_kind = "country"
     monitor = "val/acc1"
     monitor_mode = "max"
+    description = "country classifier"
+    guess_note = "country model: lat/lon is the guessed country's centre"
 
     def __init__(self, *args, label_smoothing: float = 0.1, dropout: float = 0.2, **kwargs):
         self._label_smoothing = label_smoothing
@@ -44,16 +46,25 @@ class CountryClassifier(GeoTask):
 
     def shared_step(self, batch: dict, stage: str) -> torch.Tensor:
         logits = self(batch["image"])
-        target = batch["country"]
-        loss = F.cross_entropy(logits.float(), target, label_smoothing=self._label_smoothing, ignore_index=-1)
+        loss = F.cross_entropy(logits.float(), batch["country"], label_smoothing=self._label_smoothing, ignore_index=-1)
         with torch.no_grad():
-            metrics = self.metrics_for(stage)
-            known = target >= 0
-            if known.any():
-                metrics["cls"].update(logits[known].float(), target[known])
-            metrics["geo"].update(self.class_centres[logits.argmax(1)], batch["latlon"])
+            self.update_metrics(self.metrics_for(stage), self.guess(logits), batch)
         return loss
 
-    def predict_latlon(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        probs = self(images).float().softmax(-1)
+    def guess(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Logits -> ``probs`` (N, C) and ``latlon``, the most probable country's centre."""
+        probs = logits.float().softmax(-1)
         return {"probs": probs, "latlon": self.class_centres[probs.argmax(1)]}
+
+    def predict_latlon(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.guess(self(images))
+
+    def update_metrics(self, metrics: dict, out: dict[str, torch.Tensor], batch: dict) -> None:
+        target = batch["country"]
+        known = target >= 0
+        if known.any():
+            metrics["cls"].update(out["probs"][known], target[known])
+        metrics["geo"].update(out["latlon"], batch["latlon"])
+
+    def explain_score(self, pooled: torch.Tensor, target: str | None) -> tuple[torch.Tensor, str, str, float]:
+        return self._explain_class(self.head(pooled).float(), target)

@@ -38,6 +38,9 @@ class DistancePredictor(GeoTask):
     task_kind = "distance"
     monitor = "val/err_deg_mean"
     monitor_mode = "min"
+    description = "distance predictor"
+    guess_note = "distance model: p is over its country anchors; lat/lon is the nearest anchor's centre"
+    explain_label = "closeness to the anchor of"
 
     def __init__(
         self,
@@ -105,11 +108,14 @@ class DistancePredictor(GeoTask):
             scores.fill_diagonal_(-1.0)
         return scores.argmax(1)
 
+    def true_anchor_distances(self, latlon: torch.Tensor) -> torch.Tensor:
+        """Targets of the anchor distances: degrees from each true position to each anchor, clipped (N, C)."""
+        return self._clip(degree_error(latlon.double()[:, None, :], self.class_centres[None, :, :])).float()
+
     def shared_step(self, batch: dict, stage: str) -> torch.Tensor:
         emb = self(batch["image"])
         latlon = batch["latlon"].double()
-        anchors = self.class_centres
-        true_anchor = self._clip(degree_error(latlon[:, None, :], anchors[None, :, :])).float()
+        true_anchor = self.true_anchor_distances(latlon)
         pred_anchor = self.anchor_distances(emb)
         losses = []
         if len(emb) > 1:
@@ -123,12 +129,23 @@ class DistancePredictor(GeoTask):
             losses.append(self._opts["identity_weight"] * self.pair_distance(emb, emb).pow(2).mean())
         loss = torch.stack(losses).sum()
         with torch.no_grad():
-            metrics = self.metrics_for(stage)
-            metrics["err_deg_mean"].update(pred_anchor.reshape(-1), true_anchor.reshape(-1))
-            metrics["anchor"].update(-pred_anchor, true_anchor.argmin(1))
-            metrics["geo"].update(anchors[pred_anchor.argmin(1)], batch["latlon"])
+            self.update_metrics(self.metrics_for(stage), self.guess(pred_anchor), batch)
         return loss
 
-    def predict_latlon(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        d = self.anchor_distances(self(images))
+    def guess(self, anchor_distance_deg: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Predicted anchor distances -> ``probs`` (softmax of minus them), the distances, ``latlon`` of the nearest."""
+        d = anchor_distance_deg
         return {"probs": (-d).softmax(-1), "anchor_distance_deg": d, "latlon": self.class_centres[d.argmin(1)]}
+
+    def predict_latlon(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.guess(self.anchor_distances(self(images)))
+
+    def update_metrics(self, metrics: dict, out: dict[str, torch.Tensor], batch: dict) -> None:
+        pred = out["anchor_distance_deg"].float()
+        true = self.true_anchor_distances(batch["latlon"])
+        metrics["err_deg_mean"].update(pred.reshape(-1), true.reshape(-1))
+        metrics["anchor"].update(-pred, true.argmin(1))
+        metrics["geo"].update(out["latlon"], batch["latlon"])
+
+    def explain_score(self, pooled: torch.Tensor, target: str | None) -> tuple[torch.Tensor, str, str, float]:
+        return self._explain_class(-self.anchor_distances(self.embed(pooled).float()), target)
