@@ -32,11 +32,10 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from geotrainr.countries import country_table
-from geotrainr.errors import GeotrainrError
+from geotrainr.errors import GeotrainrError  # noqa: F401 - ExplainError's base, for readers
+from geotrainr.tasks.base import ExplainError  # noqa: F401 - raised through the tasks, importable here
 
 
-class ExplainError(GeotrainrError, ValueError):
-    """The requested explanation does not exist for this model (e.g. a country for a coordinate model)."""
 
 
 @dataclass
@@ -51,6 +50,7 @@ class Explanation:
         predicted: the model's guess (ISO code) or predicted coordinates as text.
         score: probability of ``target`` (country, distance) or the predicted value in degrees (coords).
         kind: the checkpoint's task kind.
+        label: how the explained output is named in the caption (the task's ``explain_label``).
     """
 
     photo: Image.Image
@@ -60,6 +60,7 @@ class Explanation:
     predicted: str
     score: float
     kind: str
+    label: str = "class"
 
     @property
     def caption(self) -> str:
@@ -69,8 +70,7 @@ class Explanation:
             return f"Grad-CAM for the {what}; predicted {self.predicted}"
         name = names[self.target].name if self.target in names else self.target
         pred = names[self.predicted].name if self.predicted in names else self.predicted
-        label = "closeness to the anchor of" if self.kind == "distance" else "class"
-        return f"Grad-CAM for {label} {self.target} {name} (p = {self.score:.2f}); predicted {self.predicted} {pred}"
+        return f"Grad-CAM for {self.label} {self.target} {name} (p = {self.score:.2f}); predicted {self.predicted} {pred}"
 
     def heatmap(self, size: tuple[int, int] | None = None) -> np.ndarray:
         """The CAM on the photo's pixel grid (or ``size``), zero outside the crop, in [0, 1]."""
@@ -152,59 +152,21 @@ def gradcam(model, x: torch.Tensor, target: str | None = None) -> tuple[np.ndarr
     """Grad-CAM of one input ``x`` (1, 3, H, W) for a task model.
 
     Args:
-        model: a task model (country, coords or distance).
+        model: a task model; what it explains is its own (:meth:`~geotrainr.tasks.base.GeoTask.explain_score`).
         x: the preprocessed image batch of one.
         target: an ISO code of the class list (country, distance and geocell models), ``"lat"``/``"lon"``
             (linear coordinate models); default: the predicted country, or ``"lat"`` for linear coordinate models.
 
     Returns: (cam in [0, 1] on the feature grid, target, predicted, score).
     """
-    kind = model.task_kind
+    model.explain_target(target)  # a bad target fails before any work
     backbone = model.backbone
-    geocells = model.head_kind == "geocells"
-    if geocells and target is not None and target.lower() in ("lat", "lon"):
-        raise ExplainError("a geocell model explains a country (its cells' summed probability), not 'lat'/'lon'")
-    if kind == "coords" and not geocells:
-        if (target or "lat").lower() not in ("lat", "lon"):
-            raise ExplainError(f"a coordinate model explains 'lat' or 'lon', not {target!r}: it has no country classes")
-        target = (target or "lat").lower()
-    elif kind in ("country", "distance") or geocells:
-        if target is not None:
-            code = target.strip().upper()
-            if code not in model.countries:
-                raise ExplainError(f"{target!r} is not one of the checkpoint's countries: {', '.join(model.countries)}")
-            target = code
-    else:
-        raise ExplainError(f"Grad-CAM is not supported for {kind!r} models")
     with torch.no_grad():
         feats = backbone.forward_features(x)
     fmap = feats.detach().requires_grad_(True)
     with torch.enable_grad():
         pooled = backbone.forward_head(fmap, pre_logits=True)
-        if kind == "country" or geocells:
-            logits = model.head(pooled).float()
-            if geocells:
-                logits = model.country_logits(logits)
-            probs = logits.detach().softmax(-1)[0]
-            predicted = model.countries[int(probs.argmax())]
-            target = target or predicted
-            k = model.countries.index(target)
-            score_t, shown = logits[0, k], float(probs[k])
-        elif kind == "distance":
-            d = model.anchor_distances(model.embed(pooled).float())[0]
-            probs = (-d.detach()).softmax(-1)
-            predicted = model.countries[int(d.argmin())]
-            target = target or predicted
-            k = model.countries.index(target)
-            score_t, shown = -d[k], float(probs[k])
-        else:
-            from geotrainr.geo import from_seed_frame
-
-            out = model.head(pooled).float()
-            k = 0 if target == "lat" else 1
-            latlon = from_seed_frame(out.detach())[0]
-            predicted = f"{float(latlon[0]):.2f}, {float(latlon[1]):.2f}"
-            score_t, shown = out[0, k], float(latlon[k])
+        score_t, target, predicted, shown = model.explain_score(pooled, target)
         (grad,) = torch.autograd.grad(score_t, fmap)
     nf = getattr(model, "num_features", feats.shape[1])
     prefix = int(getattr(backbone, "num_prefix_tokens", 0) or 0)
@@ -216,33 +178,42 @@ def gradcam(model, x: torch.Tensor, target: str | None = None) -> tuple[np.ndarr
     return cam.cpu().numpy(), target, predicted, shown
 
 
-def crop_box(size: tuple[int, int], pre) -> tuple[int, int, int, int]:
-    """The part of a photo of ``size`` that the eval transform (short-side resize + centre crop) keeps."""
-    w, h = size
-    side = min(w, h) * min(1.0, float(pre.crop_pct))
-    left, top = (w - side) / 2, (h - side) / 2
-    return round(left), round(top), round(left + side), round(top + side)
-
-
 def explain(model_or_locator, image, target: str | None = None, device: str | torch.device | None = None) -> Explanation:
-    """Grad-CAM of one photo (a path or a PIL image) for a task model or a :class:`~geotrainr.inference.Locator`.
+    """Grad-CAM of one photo (a path, bytes or a PIL image) for a task model or a :class:`~geotrainr.locator.Locator`.
+
+    The model's input is made by the model's :class:`~geotrainr.preprocess.Preprocessor`, exactly as
+    ``locate`` makes it; the overlay is drawn on the photo decoded at full size, with the crop box
+    the preprocessor reports scaled onto it.
 
     Args:
-        model_or_locator: what :func:`~geotrainr.inference.load_model` or ``Locator.from_checkpoint`` returns.
-        image: path or PIL image (any size and format Pillow reads).
+        model_or_locator: what :func:`~geotrainr.checkpoints.load_model` or ``Locator.load`` returns.
+        image: path, bytes or PIL image (any size and format Pillow reads).
         target: a country code to explain instead of the predicted one; ``"lat"``/``"lon"`` for coordinate models.
         device: where to run; default: where the model is.
     """
-    from geotrainr.data.dataset import build_transform
-    from geotrainr.inference import open_photo
+    from geotrainr.preprocess import Preprocessor
 
     model = getattr(model_or_locator, "model", model_or_locator)
     if device is not None:
         model = model.to(device)
     dev = next(model.parameters()).device
-    photo = open_photo(image)
-    pre = model.preprocessing
-    x = build_transform(pre, train=False)(photo).unsqueeze(0).to(dev)
+    pre = getattr(model_or_locator, "preprocessor", None) or Preprocessor(model.preprocessing)
+    model.explain_target(target)
+    seen = pre.open(image)
+    x = pre.transform(seen).unsqueeze(0).to(dev)
+    photo = _full_photo(image)
     model.eval()
     cam, target, predicted, score = gradcam(model, x, target)
-    return Explanation(photo, cam, crop_box(photo.size, pre), target, predicted, score, model.task_kind)
+    sx, sy = photo.width / seen.width, photo.height / seen.height
+    l, t, r, b = pre.crop_box(seen.size)
+    box = (round(l * sx), round(t * sy), round(r * sx), round(b * sy))
+    return Explanation(photo, cam, box, target, predicted, score, model.task_kind, model.explain_label)
+
+
+def _full_photo(image) -> Image.Image:
+    """The photo decoded at full size (no reduction), for drawing on."""
+    from geotrainr.preprocess import decode
+
+    im = decode(image, None)
+    im.load()
+    return im

@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from geotrainr.cli import main
-from geotrainr.explain import ExplainError, crop_box, explain
+from geotrainr.explain import ExplainError, explain
+from geotrainr.preprocess import Preprocessor
 from geotrainr.inference import Locator
 from geotrainr.tasks import CountryClassifier
 from test_locate import photo, tiny_checkpoints
@@ -70,7 +71,7 @@ def test_explain_errors_are_one_line(ckpts, tmp_path, capsys):
     cases = [
         ([str(ckpts["coords"]), str(img), "--country", "DE"], "no country classes"),
         ([str(ckpts["country"]), str(img), "--target", "lat"], "for linear coordinate models"),
-        ([str(ckpts["country"]), str(img), "--country", "US"], "not one of the checkpoint's countries"),
+        ([str(ckpts["country"]), str(img), "--country", "US"], "not one of the model's countries"),
         ([str(ckpts["country"]), str(bad)], "not an image"),
         ([str(ckpts["country"]), str(tmp_path / "none.jpg")], "no such file"),
         ([str(corrupt), str(img)], "not a readable checkpoint"),
@@ -120,7 +121,7 @@ def test_gradcam_on_token_and_cnn_backbones(backbone):
     e = explain(model, im)
     assert e.cam.ndim == 2 and e.cam.min() >= 0 and e.cam.max() <= 1
     assert e.cam.shape == ((10, 10) if backbone == "test_vit" else (5, 5))
-    assert e.crop_box == crop_box((200, 120), model.preprocessing) == (40, 0, 160, 120)
+    assert e.crop_box == tuple(round(v) for v in Preprocessor(model.preprocessing).crop_box((200, 120))) == (40, 0, 160, 120)
     assert e.overlay(caption=False).size == (853, 512)
     with pytest.raises(ExplainError):
         explain(model, im, target="lat")

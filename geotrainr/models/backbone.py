@@ -22,7 +22,7 @@ import timm
 import torch
 from torch import nn
 
-from geotrainr.data.dataset import Preprocessing
+from geotrainr.preprocess import Preprocessing
 from geotrainr.errors import GeotrainrError
 
 #: The offline ImageNet weights, usable with this timm model only.
