@@ -27,6 +27,7 @@ import torch
 
 from geotrainr.errors import GeotrainrError
 from geotrainr.files import write_text_atomic
+from geotrainr.predictions import write_records
 
 #: What each metric means, in report order.
 METRIC_MEANINGS = {
@@ -55,25 +56,35 @@ class ReportError(GeotrainrError, ValueError):
 
 @dataclass
 class Evaluation:
-    """Per-image predictions of a checkpoint on one split, and their metrics.
+    """Per-image prediction records of a model on one split, and their metrics.
 
-    ``frame`` columns: image, true_lat, true_lon, true_country, lat, lon, country,
-    probability (None for coordinate models), coordinate_country, error_km, correct.
+    ``records`` are :class:`~geotrainr.predictions.Guess` objects with the truth set (the schema
+    ``locate`` and ``predict`` write too); ``frame`` is the same as a table.
     """
 
     kind: str
     countries: list[str]
-    frame: pd.DataFrame
+    records: list
     metrics: dict[str, float]
     index: str
     split: str
     skipped: int = 0
     notes: list[str] = field(default_factory=list)
-    head: str | None = None  # coordinate models: linear or geocells
+    description: str = ""
+    guess_note: str = ""
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        """One row per image: the records' columns (``image, country, probability, lat, lon, true_*, error_km, correct``)."""
+        rows = [r.to_row() for r in self.records]
+        frame = pd.DataFrame(rows)
+        frame["correct"] = frame["correct"].fillna(False).astype(bool) if "correct" in frame else False
+        return frame
 
     def per_country(self) -> pd.DataFrame:
         """Images, top-1 accuracy and median error per true country (most images first)."""
-        f = self.frame[self.frame["true_country"].notna()]
+        f = self.frame
+        f = f[f["true_country"].notna()]
         g = f.groupby("true_country")
         out = pd.DataFrame({"images": g.size(), "accuracy": g["correct"].mean(), "median_km": g["error_km"].median()})
         return out.sort_values(["images", "accuracy"], ascending=[False, False])
@@ -87,26 +98,27 @@ def evaluate(
     num_workers: int | None = None,
     device: str | torch.device | None = None,
     progress: Callable[[int, int], None] | None = None,
+    top_k: int = 5,
 ) -> Evaluation:
-    """Run a checkpoint (path or :class:`~geotrainr.inference.Locator`) over ``split`` of an index.
+    """Run a model over ``split`` of an index and score it with the task's own metrics.
 
     Args:
-        checkpoint: a ``.ckpt`` path or a Locator.
+        checkpoint: a ``.ckpt`` path, an exported folder or hub id, or a Locator.
         index: parquet index, shard folder or ``"demo"``.
         split: train, val, test or all (test falls back to val when the index has no test rows).
         batch_size: images per forward pass.
         num_workers: decoding processes (default: half the CPU cores, at most 4).
         device: default: the GPU when there is one.
         progress: called with (images done, total) after each batch.
+        top_k: countries listed per record.
     """
     from geotrainr.data.datamodule import GeoDataModule
     from geotrainr.data.dataset import collate_skip
-    from geotrainr.geo import degree_error
-    from geotrainr.inference import Locator
-    from geotrainr.metrics import GeolocationError, anchor_metrics, classification_metrics
-    from geotrainr.places import reverse_country
+    from geotrainr.locator import Locator
+    from geotrainr.predictions import make_guesses
 
-    loc = checkpoint if isinstance(checkpoint, Locator) else Locator.from_checkpoint(checkpoint, device=device)
+    loc = checkpoint if isinstance(checkpoint, Locator) else Locator.load(checkpoint, device=device)
+    model = loc.model
     if num_workers is None:
         num_workers = min(4, (os.cpu_count() or 1) // 2)
     if split not in ("train", "val", "test", "all"):
@@ -122,86 +134,47 @@ def evaluate(
         raise ReportError(f"{dm.index_path}: the {split} split is empty")
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_skip,
                                          pin_memory=loc.device.type == "cuda")
-    rows, latlon, probs, anchor_d, skipped, done = [], [], [], [], 0, 0
+    metrics = {k: m.to(loc.device) for k, m in model.new_metrics().items()}
+    rows, latlon, probs, skipped, done = [], [], [], 0, 0
     with torch.inference_mode():
         for batch in loader:
             skipped += int(batch.get("skipped", 0))
             done += int(batch.get("skipped", 0))
             if "image" not in batch:
                 continue
-            out = loc.model.predict_latlon(batch["image"].to(loc.device, non_blocking=True))
-            rows.append(batch["index"].numpy())
+            batch = {k: v.to(loc.device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            out = model.predict_latlon(batch["image"])
+            model.update_metrics(metrics, out, batch)
+            rows.append(batch["index"].cpu().numpy())
             latlon.append(out["latlon"].double().cpu().numpy())
             if "probs" in out:
                 probs.append(out["probs"].float().cpu().numpy())
-            if "anchor_distance_deg" in out:
-                anchor_d.append(out["anchor_distance_deg"].float().cpu())
             done += len(batch["index"])
             if progress is not None:
                 progress(done, n)
     if not rows:
         raise ReportError(f"{dm.index_path}: none of the {n} images of the {split} split could be read")
     idx = np.concatenate(rows)
-    pred = np.concatenate(latlon)
-    P = np.concatenate(probs) if probs else None
-    src = ds.frame.iloc[idx].reset_index(drop=True)
-    true = src[["lat", "lon"]].to_numpy(float)
-    true_country = src["country"].astype(str).str.upper().to_numpy()
-    coord_country = reverse_country(pred[:, 0], pred[:, 1])
-    if P is not None:
-        top = P.argmax(1)
-        country = np.array([loc.countries[i] for i in top])
-        probability = P[np.arange(len(top)), top].astype(float)
-    else:
-        country, probability = coord_country, np.full(len(pred), np.nan)
-
-    geo = GeolocationError(degrees=loc.kind != "distance")  # the distance task's err_deg_mean is its own, below
-    geo.update(torch.from_numpy(pred), torch.from_numpy(true))
-    metrics: dict[str, float] = {}
-    lookup = {c: i for i, c in enumerate(loc.countries)}
-    target = torch.tensor([lookup.get(c, -1) for c in true_country])
-    known = target >= 0
-    if P is not None and known.any():
-        cls = classification_metrics(len(loc.countries))
-        cls.update(torch.from_numpy(P)[known], target[known])
-        metrics.update({k: float(v) for k, v in cls.compute().items()})
-    elif P is None:
-        correct = country == true_country
-        metrics["acc1"] = float(correct.mean())
-        metrics["acc_macro"] = float(pd.Series(correct).groupby(true_country).mean().mean())
-    if loc.kind == "distance":
-        centres = torch.from_numpy(loc._centres)
-        nearest = degree_error(torch.from_numpy(true)[:, None, :], centres[None, :, :]).argmin(1)
-        anchors = anchor_metrics(len(loc.countries))
-        anchors.update(torch.from_numpy(P), nearest)
-        metrics.update({k: float(v) for k, v in anchors.compute().items()})
-        if anchor_d:  # as in training: predicted against true (clipped) image-to-anchor distances, in degrees
-            true_d = degree_error(torch.from_numpy(true)[:, None, :], centres[None, :, :]).float()
-            clip = getattr(loc.model, "_opts", {}).get("clip_deg")
-            if clip:
-                true_d = true_d.clamp(max=clip)
-            metrics["err_deg_mean"] = float((torch.cat(anchor_d) - true_d).abs().mean())
-    metrics.update({k: float(v) for k, v in geo.compute().items()})
-
-    from geotrainr.geo import great_circle_error_km
-
-    err = great_circle_error_km(torch.from_numpy(pred), torch.from_numpy(true)).numpy()
-    image = src["image_path"].astype(str) if "image_path" in src.columns else pd.Series([f"row {i}" for i in idx])
-    frame = pd.DataFrame({
-        "image": image.to_numpy(),
-        "true_lat": true[:, 0], "true_lon": true[:, 1], "true_country": true_country,
-        "lat": pred[:, 0], "lon": pred[:, 1], "country": country, "probability": probability,
-        "coordinate_country": coord_country, "error_km": err, "correct": country == true_country,
-    })
+    values = {k.split("/")[-1]: float(v) for k, v in model.compute_metrics(metrics).items()}
+    records = make_guesses([ds.label(i) for i in idx], np.concatenate(latlon), np.concatenate(probs) if probs else None,
+                           {}, loc.countries, top_k)
+    truth = ds.frame.iloc[idx]
+    for r, lat, lon, country in zip(records, truth["lat"], truth["lon"], truth["country"].astype(str).str.upper()):
+        r.set_truth(float(lat), float(lon), country)
+    if "acc1" not in values:  # a task without a country head still guesses a country: score that too
+        correct = pd.Series([r.correct for r in records], dtype=bool)
+        true_country = pd.Series([r.true_country for r in records])
+        values["acc1"] = float(correct.mean())
+        values["acc_macro"] = float(correct.groupby(true_country).mean().mean())
     notes = []
-    if "source" in src.columns and (src["source"] == "bluemarble").any() or str(index) == "demo":
+    if "source" in ds.frame.columns and (ds.frame["source"] == "bluemarble").any() or str(index) == "demo":
         notes.append("Data: the offline demo set, NASA Blue Marble patches around GeoNames places: an aerial "
                      "stand-in for street photos, so these numbers say nothing about street imagery.")
-    unseen = sorted(set(true_country) - set(loc.countries))
+    unseen = sorted(set(truth["country"].astype(str).str.upper()) - set(loc.countries))
     if unseen:
-        notes.append(f"True countries outside the checkpoint's class list (count against accuracy, left out of Acc@k): {', '.join(unseen)}")
-    return Evaluation(loc.kind, loc.countries, frame, metrics, str(dm.index_path), split, skipped, notes,
-                      loc.model.head_kind)
+        notes.append(f"True countries outside the model's class list (count against accuracy, left out of Acc@k): {', '.join(unseen)}")
+    return Evaluation(model.task_kind, loc.countries, records, values, str(dm.index_path), split, skipped, notes,
+                      model.description, model.guess_note)
 
 
 def _fmt(name: str, value: float) -> str:
@@ -245,28 +218,19 @@ def write_report(ev: Evaluation, out_dir: str | os.PathLike, checkpoint: str | o
     per = ev.per_country()
     plots.plot_per_country_accuracy(per.index.tolist(), per["accuracy"].tolist(), per["images"].tolist(),
                                     out / "per_country.png")
-    write_text_atomic(out / "predictions.csv", f.to_csv(index=False, float_format="%.6g"))
+    write_records(ev.records, out / "predictions.csv")
     write_text_atomic(out / "metrics.json", json.dumps({"kind": ev.kind, "split": ev.split, "index": ev.index, "images": len(f),
                                                        "skipped": ev.skipped, "metrics": ev.metrics}, indent=2))
 
-    what = {"country": "country classifier", "coords": "coordinate regressor", "distance": "distance predictor"}[ev.kind]
-    if ev.head == "geocells":
-        what = "geocell classifier"
+    what = ev.description
     lines = [
         f"# {title or 'geotrainr evaluation report'}",
         "",
         f"- checkpoint: `{checkpoint}` ({what}, {len(ev.countries)} countries)" if checkpoint else f"- model: {what}",
         f"- data: `{ev.index}`, {split_name}: {len(f)} images" + (f" ({ev.skipped} unreadable, skipped)" if ev.skipped else ""),
     ]
-    if ev.kind == "country":
-        lines.append("- guessed coordinates are the guessed country's centre, so km errors include the country's size")
-    elif ev.kind == "coords" and ev.head == "geocells":
-        lines.append("- geocell head: the guessed country is the most probable (summed over its cells), the guessed "
-                     "coordinates the centroid of its most probable cell")
-    elif ev.kind == "coords":
-        lines.append("- the guessed country is the country the guessed coordinates fall in (nearest GeoNames place)")
-    else:
-        lines.append("- the guess is the nearest country anchor (its centre)")
+    if ev.guess_note:
+        lines.append(f"- {ev.guess_note}")
     lines += [f"- {n}" for n in ev.notes]
     lines += ["", "## Metrics", "", "| metric | value | meaning |", "| --- | ---: | --- |"]
     lines += [f"| `{k}` | {v} | {m} |" for k, v, m in metrics_table(ev.metrics)]

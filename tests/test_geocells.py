@@ -169,7 +169,15 @@ def test_tiny_fit_beats_the_mean_location_and_round_trips(tiny_index, tmp_path):
     from geotrainr.report import evaluate
 
     ev = evaluate(loc, index=tiny_index, split="val", num_workers=0)
-    assert ev.head == "geocells" and ev.metrics["acc1"] > 0.8 and "acc5" in ev.metrics
+    assert ev.description == "geocell classifier" and ev.metrics["acc1"] > 0.8 and "acc5" in ev.metrics
+
+    # exported in the Hugging Face layout, the cells travel in config.json and the guesses stay the same
+    from geotrainr.hub import export_model
+
+    export_model(ckpt, tmp_path / "exported")
+    again = Locator.from_pretrained(tmp_path / "exported", device="cpu").locate(images, top_k=3)
+    assert [(g.lat, g.lon, g.country) for g in again] == [(g.lat, g.lon, g.country) for g in guesses]
+    assert np.array_equal(again[0].cell_probs, guesses[0].cell_probs)
 
 
 def test_geocell_model_without_cells_says_what_to_do(tiny_index, tmp_path):
@@ -207,21 +215,21 @@ def test_geocells_config_and_command(tiny_index, tmp_path, monkeypatch):
             assert ddp[k] == pytest.approx(metrics[k], rel=1e-5, abs=1e-6), k
     # the cells drawn from an index and from the checkpoint, and saved for a later fit
     assert main(["geocells", "--index", str(tiny_index), "--min-per-cell", "2", "--max-per-cell", "4",
-                 "--out", "cells.json", "--plot", "cells.png"]) == 0
+                 "--out", "cells.json", "--map", "cells.png"]) == 0
     assert (tmp_path / "cells.png").stat().st_size > 10_000
     assert Geocells.load(tmp_path / "cells.json").countries == Geocells.load(ckpt).countries
-    assert main(["geocells", "--checkpoint", str(ckpt), "--plot", "ckpt_cells.png"]) == 0
+    assert main(["geocells", "--checkpoint", str(ckpt), "--map", "ckpt_cells.png"]) == 0
     assert main(["fit", *args, "--trainer.max_epochs=1", "--model.init_args.geocells=cells.json"]) == 0
     assert main(["geocells", "--index", str(tiny_index), "--min-per-cell", "3", "--max-per-cell", "4"]) == 2
     assert main(["geocells", "--checkpoint", str(tmp_path / "cells.png")]) == 2
-    assert main(["geocells", "--index", str(tiny_index), "--plot", "map.txt", "--out", "never.json"]) == 2
+    assert main(["geocells", "--index", str(tiny_index), "--map", "map.txt", "--out", "never.json"]) == 2
     assert not (tmp_path / "never.json").exists()  # a bad option is refused before anything is written
 
 
 def test_ablation_runner_end_to_end(tiny_index, tmp_path):
     out = tmp_path / "results.md"
     code = main(["ablate", "--index", str(tiny_index), "--workdir", str(tmp_path / "runs"), "--out", str(out),
-                 "--epochs", "1", "--image-size", "32", "--batch-size", "8", "--num-workers", "0",
+                 "--epochs", "1", "--image-size", "32", "--batch-size", "8", "--workers", "0",
                  "--backbones", "test_efficientnet:none,test_convnext:none", "--min-per-cell", "2", "--max-per-cell", "4"])
     assert code == 0
     text = out.read_text()

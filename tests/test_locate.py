@@ -24,9 +24,9 @@ from geotrainr.inference import (
     Locator,
     auto_group_key,
     group,
-    open_photo,
     read_checkpoint,
 )
+from geotrainr.preprocess import decode
 
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = ("country", "coords", "distance")
@@ -128,7 +128,7 @@ def test_exif_orientation_is_applied(ckpts, tmp_path):
     photo(tagged, 0, size=(96, 48), exif=exif.tobytes(), quality=100)
     upright = Image.open(tagged).transpose(Image.Transpose.ROTATE_270)  # what a viewer shows
     assert upright.size == (48, 96)
-    seen = open_photo(tagged, draft_size=128)
+    seen = decode(tagged, draft_size=128)
     assert seen.size == (48, 96)
     assert np.abs(np.asarray(seen, float) - np.asarray(upright.convert("RGB"), float)).mean() < 2.0  # JPEG decoder paths differ slightly
     a, b = loc.locate([tagged, upright], top_k=6)
@@ -251,7 +251,7 @@ def test_group_by_field_with_truth_and_map(ckpts, tmp_path, capsys):
     listing = d / "listing.csv"
     pd.DataFrame(rows).to_csv(listing, index=False)
     out_map = tmp_path / "map.png"
-    code, out, err = run_cli(capsys, "locate", ckpts["coords"], "--csv", listing, "--group-by", "place",
+    code, out, err = run_cli(capsys, "locate", ckpts["coords"], "--truth", listing, "--group-by", "place",
                              "--format", "json", "--map", out_map)
     assert code == 0, err
     got = json.loads(out)
@@ -263,7 +263,7 @@ def test_group_by_field_with_truth_and_map(ckpts, tmp_path, capsys):
     with Image.open(out_map) as im:
         assert im.format == "PNG" and im.width > 600 and im.height > 300
     # the table shows truth and error
-    code, out, _ = run_cli(capsys, "locate", ckpts["country"], "--csv", listing)
+    code, out, _ = run_cli(capsys, "locate", ckpts["country"], "--truth", listing)
     assert code == 0 and "error km" in out and "median error" in out
 
 
@@ -274,7 +274,7 @@ def test_map_of_worldwide_points_widens(ckpts, tmp_path, capsys):
     pd.DataFrame([{"path": "a.jpg", "lat": -33.9, "lon": 151.2}, {"path": "b.jpg", "lat": 40.7, "lon": -74.0}]).to_csv(listing, index=False)
     europe, world = tmp_path / "europe.png", tmp_path / "world.png"
     assert main(["locate", str(ckpts["country"]), str(tmp_path / "a.jpg"), "--map", str(europe)]) == 0
-    assert main(["locate", str(ckpts["country"]), "--csv", str(listing), "--map", str(world)]) == 0
+    assert main(["locate", str(ckpts["country"]), "--truth", str(listing), "--map", str(world)]) == 0
     with Image.open(europe) as e, Image.open(world) as w:
         assert e.width > 600 and w.width > 600
         assert w.height / w.width < e.height / e.width  # the world is wider than Europe
@@ -282,7 +282,7 @@ def test_map_of_worldwide_points_widens(ckpts, tmp_path, capsys):
 
 def test_argument_errors(ckpts, photos, capsys):
     code, _, err = run_cli(capsys, "locate", ckpts["country"], photos["webp"], "--group-by", "city")
-    assert code == 2 and "needs --csv" in err
+    assert code == 2 and "needs --truth" in err
     code, _, err = run_cli(capsys, "locate", ckpts["country"])
     assert code == 2 and "give image files" in err
     code, _, err = run_cli(capsys, "locate", ckpts["country"], photos["webp"], "--top-k", "0")

@@ -88,7 +88,7 @@ def test_report_from_a_csv_listing(ckpts, tmp_path, capsys):
     rows.append({"path": "imgs/broken.jpg", "lat": 50.0, "lon": 10.0, "country": "DE"})
     pd.DataFrame(rows).to_csv(tmp_path / "photos.csv", index=False)
     out = tmp_path / "rep"
-    assert main(["report", str(ckpts["country"]), "--csv", str(tmp_path / "photos.csv"), "--out", str(out)]) == 0
+    assert main(["report", str(ckpts["country"]), "--truth", str(tmp_path / "photos.csv"), "--out", str(out)]) == 0
     stdout = capsys.readouterr().out
     assert "9 images (1 unreadable, skipped)" in stdout and "JP" in stdout
     check_pictures(out)

@@ -1,9 +1,11 @@
 """The three tasks through the CLI entry, checkpoints, DDP, precision, loggers, sweeps."""
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -62,7 +64,10 @@ def test_fit_validate_test_predict_and_checkpoint_contents(tiny_index, tmp_path,
     out = tmp_path / "preds.json"
     assert main(["predict", *args, f"--ckpt_path={ckpt}", f"--predictions={out}"]) == 0
     rows = json.loads(out.read_text())
-    assert len(rows) == 12 and {"image", "country", "probability", "top5", "lat", "lon", "true_country"} <= set(rows[0])
+    assert len(rows) == 12 and {"image", "country", "probability", "top_k", "lat", "lon", "true_country", "error_km",
+                                "nearest_place", "correct", "error"} <= set(rows[0])
+    val = pd.read_parquet(tiny_index).query("split == 'val'")
+    assert [r["image"] for r in rows] == [os.path.abspath(tiny_index.parent / p) for p in val["image_path"]]
     csv_out = tmp_path / "preds.csv"
     assert main(["predict", *args, f"--ckpt_path={ckpt}", f"--predictions={csv_out}"]) == 0
     assert len(csv_out.read_text().strip().splitlines()) == 13
@@ -122,6 +127,15 @@ def test_ddp_spawn_metrics_equal_single_process(tiny_index, tmp_path, monkeypatc
     for k in a:
         if k != "val/loss":  # the loss is a mean of per-batch means; the metrics are exact
             assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6), k
+    # predict under DDP: every rank's rows reach the file, each once, as in one process
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    assert main(["predict", *args, f"--ckpt_path={ckpt}", "--data.init_args.batch_size=5", f"--predictions={one}"]) == 0
+    assert main(["predict", *args, f"--ckpt_path={ckpt}", "--data.init_args.batch_size=5", f"--predictions={two}",
+                 "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp_spawn"]) == 0
+    single, ddp = json.loads(one.read_text()), json.loads(two.read_text())
+    assert len(single) == 12 and [r["image"] for r in ddp] == [r["image"] for r in single]
+    for r, q in zip(single, ddp):
+        assert r["country"] == q["country"] and r["probability"] == pytest.approx(q["probability"], abs=1e-4)
 
 
 def test_bf16_mixed_on_cpu(tiny_index, tmp_path, monkeypatch):

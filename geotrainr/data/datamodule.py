@@ -12,7 +12,8 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
 from geotrainr.countries import get_country
-from geotrainr.data.dataset import GeoDataset, Preprocessing, build_transform, collate_skip
+from geotrainr.data.dataset import GeoDataset, collate_skip
+from geotrainr.preprocess import Preprocessing, build_transform
 from geotrainr.data.index import IndexValidationError, assign_splits, index_root, read_index, validate_index
 
 
@@ -42,7 +43,8 @@ class GeoDataModule(L.LightningDataModule):
         augment: random resized crop and colour jitter for training.
         hflip: random horizontal flips. Off by default: they swap the driving side.
         strict: raise on an unreadable image instead of skipping and counting it.
-        draft_decode: let the JPEG decoder downscale large images while decoding.
+        draft_decode: let the JPEG decoder downscale large images while decoding, as the model's
+            preprocessing says (``Preprocessing.draft``); False decodes at full size.
         predict_split: rows that ``predict`` runs on (train, val, test or all).
         seed: seed of the fallback random split for an index without a split column.
     """
@@ -110,7 +112,7 @@ class GeoDataModule(L.LightningDataModule):
         if split not in self.frames:
             raise ValueError(f"unknown split {split!r}; use train, val, test or all")
         transform = build_transform(self.preprocessing, train=train, hflip=self.hparams.hflip, augment=self.hparams.augment)
-        draft = self.preprocessing.image_size * 2 if self.hparams.draft_decode else None
+        draft = self.preprocessing.draft_size if self.hparams.draft_decode else None
         return GeoDataset(self.frames[split], self.root, transform, self.countries, self.hparams.strict, draft)
 
     def _loader(self, split: str, train: bool) -> DataLoader:
@@ -155,6 +157,43 @@ class GeoDataModule(L.LightningDataModule):
     def pop_skipped(self, stage: str) -> int:
         n, self.skipped[stage] = self.skipped[stage], 0
         return n
+
+    # --- what predict writes -------------------------------------------------
+
+    def predict_size(self) -> int:
+        """Rows ``predict`` runs on."""
+        return len(self.dataset(self.hparams.predict_split))
+
+    def predict_rows(self, index: np.ndarray) -> tuple[list[str], np.ndarray, list[str]]:
+        """Image labels, true (lat, lon) and true countries of ``predict``'s rows ``index``."""
+        ds = self.dataset(self.hparams.predict_split)
+        frame = ds.frame.iloc[index]
+        return ([ds.label(int(i)) for i in index], frame[["lat", "lon"]].to_numpy(np.float64),
+                frame["country"].astype(str).str.upper().tolist())
+
+    def describe(self) -> dict:
+        """What a model card says of the training data: index, images per split, sources, licences, attribution."""
+        from geotrainr.hub import KNOWN_SOURCES
+
+        if not self.frames:
+            self.setup()
+        df = self.frames["all"]
+        card: dict = {"index": self.index_path.name if str(self.hparams.index) != "demo" else "demo",
+                      "images": {s: int(len(self.frames[s])) for s in ("train", "val", "test") if s in self.frames
+                                 and (s != "test" or self.frames["test"] is not self.frames["val"])}}
+        sources = sorted(df["source"].dropna().astype(str).unique().tolist()) if "source" in df.columns else []
+        licences = sorted(df["licence"].dropna().astype(str).unique().tolist()) if "licence" in df.columns else []
+        attribution = []
+        for s in sources:
+            if s in KNOWN_SOURCES:
+                licences.append(KNOWN_SOURCES[s][0])
+                attribution.append(KNOWN_SOURCES[s][1])
+        if "creator" in df.columns:
+            creators = df["creator"].dropna().astype(str)
+            if len(creators):
+                attribution.append(f"{creators.nunique():,} photographers (the index's creator column)")
+        card.update(sources=sources, licences=sorted(set(licences)), attribution=attribution)
+        return card
 
     def train_coordinates(self) -> tuple[np.ndarray, list[str]]:
         """(lat, lon) (N, 2) and country codes of the training rows whose country is a class (for geocells)."""
