@@ -1,3 +1,63 @@
-"""geotrainr: single-image geolocation of street-level photos (PyTorch Lightning + timm)."""
+"""geotrainr: single-image geolocation of street-level photos (PyTorch Lightning + timm).
+
+The user API, imported on first use so that ``import geotrainr`` stays light::
+
+    import geotrainr
+    locator = geotrainr.load("runs/country/.../best.ckpt")   # or an exported folder, or a Hub repo id
+    guesses = geotrainr.locate(locator, ["photo.jpg"])
+
+``geotrainr.CountryClassifier``, ``CoordinateRegressor``, ``DistancePredictor``, ``GeoDataModule``,
+``Locator``, ``Guess`` and ``Preprocessor`` are here too.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
+
+#: public name -> module it lives in
+_API = {
+    "Locator": "geotrainr.locator",
+    "Guess": "geotrainr.predictions",
+    "PredictionRecord": "geotrainr.predictions",
+    "Preprocessor": "geotrainr.preprocess",
+    "Preprocessing": "geotrainr.preprocess",
+    "GeoDataModule": "geotrainr.data.datamodule",
+    "GeoTask": "geotrainr.tasks",
+    "CountryClassifier": "geotrainr.tasks",
+    "CoordinateRegressor": "geotrainr.tasks",
+    "DistancePredictor": "geotrainr.tasks",
+    "TASKS": "geotrainr.tasks",
+    "GeotrainrError": "geotrainr.errors",
+    "CheckpointError": "geotrainr.checkpoints",
+    "export_model": "geotrainr.hub",
+}
+
+
+def load(source, device=None, kind: str | None = None):
+    """A :class:`~geotrainr.locator.Locator` from a checkpoint file, an exported folder or a Hub repository id."""
+    from geotrainr.locator import Locator
+
+    return Locator.load(source, device=device, kind=kind)
+
+
+def locate(model, images, top_k: int = 5, **kwargs):
+    """Guesses for photos (paths, bytes or PIL images) with a Locator or anything :func:`load` takes."""
+    from geotrainr.locator import Locator
+
+    locator = model if isinstance(model, Locator) else load(model)
+    return locator.locate(images, top_k=top_k, **kwargs)
+
+
+def __getattr__(name: str):
+    if name in _API:
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'geotrainr' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_API])
+
+
+__all__ = ["__version__", "load", "locate", *_API]

@@ -1,0 +1,27 @@
+"""`geotrainr export CKPT --out DIR`: a trained model as a shareable Hugging Face folder."""
+
+from __future__ import annotations
+
+import argparse
+
+from geotrainr.hub import CONFIG_NAME, WEIGHTS_NAME, export_model
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description=f"Write a checkpoint as {WEIGHTS_NAME} (weights, no pickle), {CONFIG_NAME} (task, backbone, "
+        "classes, preprocessing, geocells) and README.md (a model card with its evaluation and the data's licence). "
+        "geotrainr locate/explain/report and geotrainr.load() take the folder wherever they take a checkpoint.",
+        epilog="share it: huggingface-cli upload ORG/NAME DIR  (then: geotrainr locate ORG/NAME photo.jpg)",
+    )
+    p.add_argument("checkpoint", help="a .ckpt file written by geotrainr fit")
+    p.add_argument("--out", required=True, help="the folder to write (replaced as a whole, never half-written)")
+    p.add_argument("--force", action="store_true", help="replace a folder that already holds files")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    out = export_model(args.checkpoint, args.out, force=args.force)
+    print(f"exported {args.checkpoint} to {out}/ ({WEIGHTS_NAME}, {CONFIG_NAME}, README.md)")
+    return 0

@@ -1,0 +1,234 @@
+"""Shareable models in the Hugging Face layout: ``model.safetensors``, ``config.json``, ``README.md``.
+
+``geotrainr export CKPT --out DIR`` writes such a folder; :func:`load_exported` (and
+``Locator.from_pretrained``, ``geotrainr.load``) read it back from a local folder or from a Hub
+repository (``org/name``, through the ``huggingface_hub`` cache, so ``HF_HUB_OFFLINE=1`` works
+once it was downloaded). :class:`ExportedModel` is ``huggingface_hub``'s :class:`ModelHubMixin`
+around a task model, so ``save_pretrained`` and ``push_to_hub`` are the library's own.
+
+Nothing in an exported folder is executed: the weights are safetensors (no pickle), the config
+is JSON checked field by field (:func:`geotrainr.checkpoints.validate_record`) and the task class
+comes from the registry of task kinds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from huggingface_hub import ModelHubMixin
+
+from geotrainr import __version__
+from geotrainr.checkpoints import CheckpointError, build_model, read_checkpoint, validate_record
+from geotrainr.errors import GeotrainrError
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+#: Licence and attribution of the data sources geotrainr knows by their index ``source`` value.
+KNOWN_SOURCES = {
+    "bluemarble": ("public domain (NASA Blue Marble) with GeoNames places, CC-BY 4.0",
+                   "NASA Blue Marble imagery (public domain); place names and coordinates from GeoNames (CC-BY 4.0)"),
+    "streetview": ("Google Maps Platform terms (images may not be redistributed)",
+                   "Imagery from Google Street View; see the Google Maps Platform terms"),
+}
+
+
+class ExportError(CheckpointError):
+    """An export that cannot be written (e.g. the output folder holds something else)."""
+
+
+def export_config(model, provenance: dict | None = None) -> dict:
+    """config.json of a task model: its checkpoint record plus its hyper-parameters, all plain JSON.
+
+    ``provenance``: ``metrics`` and ``data`` of the record a checkpoint was trained with, which a model
+    loaded outside a Trainer cannot ask its Trainer for.
+    """
+    checkpoint: dict[str, Any] = {}
+    model.on_save_checkpoint(checkpoint)
+    record = dict(checkpoint["geotrainr"])
+    record.update({k: v for k, v in (provenance or {}).items() if k in ("metrics", "data") and v})
+    hparams = {k: v for k, v in dict(model.hparams).items() if not k.startswith("_")}
+    return {**record, "library_name": "geotrainr", "geotrainr_version": __version__,
+            "hyper_parameters": json.loads(json.dumps(hparams, default=str))}
+
+
+class ExportedModel(ModelHubMixin, library_name="geotrainr", tags=["geotrainr", "geolocation", "image-classification"],
+                    repo_url="https://pypi.org/project/geotrainr/"):
+    """A task model with ``save_pretrained``/``from_pretrained``/``push_to_hub`` (Hugging Face's ModelHubMixin)."""
+
+    def __init__(self, model: torch.nn.Module, provenance: dict | None = None):
+        self.model = model
+        self.provenance = provenance or {}
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        from safetensors.torch import save_file
+
+        config = export_config(self.model, self.provenance)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        save_file(state, str(save_directory / WEIGHTS_NAME), metadata={"format": "pt", "library": "geotrainr"})
+        (save_directory / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
+        (save_directory / "README.md").write_text(model_card(config), encoding="utf-8")
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, revision: str | None, cache_dir, force_download: bool,
+                         local_files_only: bool, token, **model_kwargs) -> ExportedModel:
+        folder = Path(model_id)
+        if folder.is_dir():
+            config_file, weights_file = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+        else:
+            from huggingface_hub import hf_hub_download
+
+            kw = dict(repo_id=model_id, revision=revision, cache_dir=cache_dir, force_download=force_download,
+                      local_files_only=local_files_only, token=token)
+            config_file, weights_file = Path(hf_hub_download(filename=CONFIG_NAME, **kw)), Path(hf_hub_download(filename=WEIGHTS_NAME, **kw))
+        return cls(read_exported(config_file, weights_file, model_id))
+
+
+def read_exported(config_file: Path, weights_file: Path, where: str) -> torch.nn.Module:
+    """A task model from an exported config.json and model.safetensors, both checked before use."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    for f in (config_file, weights_file):
+        if not f.is_file():
+            raise CheckpointError(f"{where}: no {f.name}; an exported geotrainr model has {CONFIG_NAME} and {WEIGHTS_NAME}")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{where}: {CONFIG_NAME} is not JSON ({e})") from None
+    if not isinstance(config, dict) or config.get("library_name") != "geotrainr":
+        raise CheckpointError(f"{where}: {CONFIG_NAME} is not a geotrainr model's config (library_name is not geotrainr)")
+    record = validate_record({k: v for k, v in config.items() if k not in ("hyper_parameters", "library_name")}, where)
+    try:
+        state = load_file(str(weights_file))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{where}: {WEIGHTS_NAME} is not readable safetensors ({str(e).splitlines()[0]})") from None
+    return build_model(record, config.get("hyper_parameters"), state, where)
+
+
+def model_card(config: dict) -> str:
+    """README.md of an exported model: front matter for the Hub, what it does, how well, on what data."""
+    from geotrainr.report import metrics_table
+
+    data = config.get("data") or {}
+    licences = data.get("licences") or []
+    tasks = {"country": "country classification", "coords": "coordinate prediction", "distance": "distance prediction"}
+    what = tasks.get(config["task"], config["task"])
+    if config.get("head") == "geocells":
+        what = "coordinate prediction by geocell classification"
+    lines = [
+        "---",
+        "library_name: geotrainr",
+        "pipeline_tag: image-classification",
+        "tags:", "- geotrainr", "- geolocation", f"- {config['task']}",
+        f"license: {'cc-by-sa-4.0' if any('CC-BY-SA' in str(x) for x in licences) else 'other'}",
+        "---",
+        "",
+        f"# geotrainr {what} model",
+        "",
+        f"Single-image geolocation: {what} over {len(config['countries'])} countries with a `{config['backbone']}` "
+        f"backbone, trained with [geotrainr](https://pypi.org/project/geotrainr/) {config.get('geotrainr_version', '')}.",
+        "",
+        "## Use",
+        "",
+        "```python",
+        "import geotrainr",
+        "locator = geotrainr.load(\"THIS_FOLDER_OR_REPO_ID\")",
+        "for guess in locator.locate([\"photo.jpg\"]):",
+        "    print(guess.country, guess.probability, guess.lat, guess.lon, guess.nearest_place)",
+        "```",
+        "",
+        "or `geotrainr locate THIS_FOLDER_OR_REPO_ID photo.jpg`. Input: "
+        f"{config['preprocessing']['image_size']} px centre crop, mean {config['preprocessing']['mean']}, "
+        f"std {config['preprocessing']['std']} (applied by geotrainr).",
+        "",
+        "## Evaluation",
+        "",
+    ]
+    metrics = {k.split("/", 1)[1]: float(v) for k, v in (config.get("metrics") or {}).items() if k.startswith("val/")}
+    if metrics:
+        lines += ["Validation metrics of the exported checkpoint, as logged at its last validation:", "",
+                  "| metric | value | meaning |", "| --- | ---: | --- |"]
+        lines += [f"| `{k}` | {v} | {m} |" for k, v, m in metrics_table(metrics) if k != "loss"]
+    else:
+        lines.append("No validation metrics were recorded in the checkpoint; run `geotrainr report` on your data.")
+    lines += ["", "## Training data", ""]
+    if data:
+        lines.append(f"- index: `{data.get('index', '?')}`")
+        if data.get("images"):
+            lines.append("- images per split: " + ", ".join(f"{k} {v:,}" for k, v in data["images"].items()))
+        for s in data.get("sources") or []:
+            lines.append(f"- source: {s}")
+        for lic in licences:
+            lines.append(f"- licence: {lic}")
+        for a in data.get("attribution") or []:
+            lines.append(f"- attribution: {a}")
+    else:
+        lines.append("Not recorded in the checkpoint.")
+    if any(s == "bluemarble" for s in data.get("sources") or []):
+        lines += ["", "Trained on geotrainr's offline demo data: aerial patches, not street imagery. "
+                  "Its figures say nothing about how it does on street photos."]
+    lines += ["", "## Classes", "", ", ".join(config["countries"]), ""]
+    return "\n".join(lines)
+
+
+def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, force: bool = False) -> Path:
+    """Write a checkpoint as an exported folder, atomically: a half-written folder is never left at ``out``."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise ExportError(f"{out}: folder exists and is not empty (use --force to replace it)")
+    ckpt = read_checkpoint(checkpoint)
+    record = ckpt["geotrainr"]
+    model = build_model(record, ckpt.get("hyper_parameters"), ckpt["state_dict"], checkpoint)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        ExportedModel(model, {k: record.get(k) for k in ("metrics", "data")}).save_pretrained(tmp)
+        if out.exists():
+            old = out.with_name(f".{out.name}.{os.getpid()}.old")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def load_exported(name_or_path: str | os.PathLike, kind: str | None = None, **hub_kwargs) -> torch.nn.Module:
+    """A task model from an exported folder or a Hub repository id, in eval mode on the CPU."""
+    where = str(name_or_path)
+    if not Path(where).is_dir() and where.count("/") != 1:
+        raise CheckpointError(f"{where}: not a checkpoint file, an exported model folder or a Hub repository id (org/name)")
+    try:
+        model = ExportedModel.from_pretrained(where, **hub_kwargs).model
+    except GeotrainrError:
+        raise
+    except Exception as e:  # noqa: BLE001 - hub, network and cache errors all mean "cannot get it"
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"{where}: cannot load it from the Hugging Face Hub or its cache ({type(e).__name__}: {first})") from None
+    if kind is not None and model.task_kind != kind:
+        raise CheckpointError(f"{where}: a {model.task_kind} model, but a {kind} model is needed")
+    return model
+
+
+def load_any(source: str | os.PathLike, kind: str | None = None) -> torch.nn.Module:
+    """A checkpoint file, an exported folder or a Hub repository id, whichever ``source`` is."""
+    from geotrainr.checkpoints import load_model
+
+    if Path(source).is_file() or str(source).endswith(".ckpt"):
+        return load_model(source, kind=kind)
+    return load_exported(source, kind=kind)
+
+
+__all__ = ["ExportedModel", "ExportError", "export_config", "export_model", "load_exported", "load_any", "model_card",
+           "read_exported"]
