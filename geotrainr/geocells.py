@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from geotrainr.errors import GeotrainrError
-from geotrainr.geo import EARTH_RADIUS_KM, great_circle_error_km, spherical_mean
+from geotrainr.geo import great_circle_error_km, km_per_degree_lat, spherical_mean
 
 #: PIGEON's smoothing temperature lies between 65 and 75 km.
 DEFAULT_TAU_KM = 75.0
@@ -83,13 +83,15 @@ class Geocells:
                                f"({max_per_cell}): a cut cell must be able to give two cells of at least the minimum")
         members: list[np.ndarray] = []
         cell_country: list[str] = []
-        for code in sorted(set(codes.tolist())):
+        from tqdm.auto import tqdm
+
+        for code in tqdm(sorted(set(codes.tolist())), desc="geocells", unit="country", disable=None, leave=False):
             own = pts[codes == code]
             own = own[np.lexsort((own[:, 1], own[:, 0]))]  # order-independent, so the cells are deterministic
             cells = _merge_small(_kd_cuts(own, max_per_cell), min_per_cell)
             members += cells
             cell_country += [code] * len(cells)
-        centroids = np.stack([spherical_mean(torch.from_numpy(m)).numpy() for m in members])
+        centroids = np.stack([spherical_mean(m) for m in members])
         bounds = np.array([(m[:, 0].min(), m[:, 0].max(), m[:, 1].min(), m[:, 1].max()) for m in members])
         counts = np.array([len(m) for m in members], dtype=np.int64)
         return cls(centroids, tuple(cell_country), counts, bounds, int(min_per_cell), int(max_per_cell))
@@ -151,7 +153,7 @@ class Geocells:
         if not path.is_file():
             raise GeocellError(f"{path}: no such file")
         if path.suffix == ".ckpt":
-            from geotrainr.inference import read_checkpoint
+            from geotrainr.checkpoints import read_checkpoint
 
             record = read_checkpoint(path)["geotrainr"].get("geocells")
             if record is None:
@@ -168,7 +170,7 @@ class Geocells:
 
 def _extent_km(points: np.ndarray) -> tuple[float, float]:
     """North-south and east-west extent of points, in km (east-west at their mean latitude)."""
-    km_per_deg = np.pi * EARTH_RADIUS_KM / 180.0
+    km_per_deg = km_per_degree_lat()
     lat_span = points[:, 0].max() - points[:, 0].min()
     lon_span = (points[:, 1].max() - points[:, 1].min()) * np.cos(np.deg2rad(points[:, 0].mean()))
     return lat_span * km_per_deg, lon_span * km_per_deg
@@ -201,8 +203,8 @@ def _merge_small(cells: list[np.ndarray], min_per_cell: int) -> list[np.ndarray]
         small = int(np.argmin(sizes))
         if sizes[small] >= min_per_cell:
             break
-        centres = torch.stack([spherical_mean(torch.from_numpy(c)) for c in cells])
-        d = great_circle_error_km(centres[small][None], centres).numpy()
+        centres = np.stack([spherical_mean(c) for c in cells])
+        d = great_circle_error_km(centres[small][None], centres)
         d[small] = np.inf
         nearest = int(np.argmin(d))
         merged = np.concatenate([cells[nearest], cells[small]])
@@ -266,7 +268,7 @@ def plot_geocells(cells: Geocells, out: str | os.PathLike, points=None, title: s
     colour = palette[np.arange(len(cells)) % len(palette)]
     if points is not None:
         pts = np.array(points, dtype=np.float64).reshape(-1, 2)
-        d = great_circle_error_km(torch.from_numpy(pts)[:, None, :], torch.from_numpy(cells.centroids)[None]).numpy()
+        d = great_circle_error_km(pts[:, None, :], cells.centroids[None])
         ax.scatter(pts[:, 1], pts[:, 0], s=3, c=colour[d.argmin(1)], alpha=0.6, linewidths=0, zorder=2)
     boxes = [Rectangle((b[2], b[0]), max(b[3] - b[2], 0.05), max(b[1] - b[0], 0.05)) for b in cells.bounds]
     ax.add_collection(PatchCollection(boxes, facecolors="none", edgecolors=colour, linewidths=0.8, zorder=3))

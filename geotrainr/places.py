@@ -12,7 +12,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from geotrainr.geo import EARTH_RADIUS_KM
+from geotrainr.geo import chord_to_km, latlon_to_xyz
 
 
 @dataclass(frozen=True)
@@ -26,8 +26,7 @@ class Place:
 
 
 def _xyz(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
-    lat, lon = np.deg2rad(lat), np.deg2rad(lon)
-    return np.stack((np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)), axis=-1)
+    return latlon_to_xyz(np.stack((lat, lon), axis=-1))
 
 
 class PlaceIndex:
@@ -49,7 +48,7 @@ class PlaceIndex:
         """Nearest place of each (lat, lon)."""
         lat, lon = np.atleast_1d(np.asarray(lat, float)), np.atleast_1d(np.asarray(lon, float))
         chord, idx = self._tree.query(_xyz(lat, lon))
-        dist = 2 * EARTH_RADIUS_KM * np.arcsin(np.clip(chord / 2, 0, 1))
+        dist = chord_to_km(chord)
         return [
             Place(self.names[i], str(self.countries[i]), float(self.lat[i]), float(self.lon[i]), int(self.population[i]), float(d))
             for i, d in zip(idx, dist)

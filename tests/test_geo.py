@@ -86,3 +86,20 @@ def test_degree_error_wraps_longitude():
 def test_spherical_mean_across_antimeridian():
     m = geo.spherical_mean(torch.tensor([[0.0, 179.0], [0.0, -179.0]]))
     assert abs(m[0].item()) < 1e-9 and abs(abs(m[1].item()) - 180.0) < 1e-9
+
+
+def test_numpy_and_torch_inputs_share_one_core():
+    """Every function is written once: NumPy in, NumPy out; tensors in, tensors out; the same numbers."""
+    rng = np.random.default_rng(1)
+    a = np.stack([rng.uniform(-80, 80, 50), rng.uniform(-180, 180, 50)], 1)
+    b = np.stack([rng.uniform(-80, 80, 50), rng.uniform(-180, 180, 50)], 1)
+    for fn in (geo.great_circle_error_km, geo.degree_error):
+        n, t = fn(a, b), fn(torch.from_numpy(a), torch.from_numpy(b))
+        assert isinstance(n, np.ndarray) and isinstance(t, torch.Tensor)
+        np.testing.assert_allclose(n, t.numpy(), rtol=1e-12, atol=1e-9)
+    for fn in (geo.latlon_to_xyz, geo.to_seed_frame, geo.from_seed_frame):
+        np.testing.assert_allclose(fn(a), fn(torch.from_numpy(a)).numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(geo.spherical_mean(a), geo.spherical_mean(torch.from_numpy(a)).numpy(), atol=1e-9)
+    np.testing.assert_allclose(geo.geoscore(np.array([10.0])), geo.geoscore(torch.tensor([10.0])).numpy())
+    chord = np.linalg.norm(geo.latlon_to_xyz(a) - geo.latlon_to_xyz(b), axis=-1)
+    np.testing.assert_allclose(geo.chord_to_km(chord), geo.great_circle_error_km(a, b), rtol=1e-9, atol=1e-6)
