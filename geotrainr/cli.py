@@ -19,7 +19,7 @@ LIGHTNING_VERBS = {
     "fit": "train a task from a config (e.g. --config configs/country.yaml)",
     "validate": "evaluate a checkpoint on the validation split; prints and saves the metrics",
     "test": "evaluate a checkpoint on the test split; prints and saves the metrics",
-    "predict": "write per-image predictions of a checkpoint (CSV or JSON)",
+    "predict": "write prediction records: a checkpoint on an index split (--config), or on photos (no config)",
 }
 
 #: verb -> (module under geotrainr.commands, one-line description)
@@ -32,6 +32,7 @@ COMMANDS = {
     "geocells": ("geocells", "build geocells from an index (or read a checkpoint's) and draw them on a map"),
     "ablate": ("ablate", "rerun the study's tables and the geocell comparison; writes a Markdown results page"),
     "report": ("report", "evaluate a checkpoint on an index split: metrics, confusion, error CDF, map, report.md"),
+    "export": ("export", "write a checkpoint as a shareable Hugging Face folder (safetensors, config, model card)"),
 }
 
 
@@ -57,6 +58,13 @@ def _error(verb: str, message: str) -> int:
     return 2
 
 
+def _lightning_form(args: Sequence[str]) -> bool:
+    """Whether ``predict``'s arguments are LightningCLI's (a config, or data/trainer/model settings, or help)."""
+    return any(a in ("--config", "-c", "-h", "--help", "--print_config")
+               or a.startswith(("--config=", "--data", "--trainer", "--model.", "--seed_everything", "--print_config"))
+               for a in args)
+
+
 def main(args: Sequence[str] | None = None) -> int:
     """Entry point of the ``geotrainr`` command; returns the exit code."""
     argv = list(sys.argv[1:] if args is None else args)
@@ -67,16 +75,20 @@ def main(args: Sequence[str] | None = None) -> int:
         print(f"geotrainr {__version__}")
         return 0
     verb, rest = argv[0], argv[1:]
-    if verb in LIGHTNING_VERBS:
+    if verb == "predict" and rest and not _lightning_form(rest):
+        verb_module = "predict"  # photos and a model, no config: the argparse form of the verb
+    elif verb in LIGHTNING_VERBS:
         from geotrainr.lightning_cli import run_lightning
 
         try:
             return run_lightning(verb, rest)
         except GeotrainrError as e:
             return _error(verb, str(e))
-    if verb not in COMMANDS:
-        return _error(verb, f"unknown verb {verb!r}; run 'geotrainr --help' for the list")
-    module = importlib.import_module(f"geotrainr.commands.{COMMANDS[verb][0]}")
+    else:
+        if verb not in COMMANDS:
+            return _error(verb, f"unknown verb {verb!r}; run 'geotrainr --help' for the list")
+        verb_module = COMMANDS[verb][0]
+    module = importlib.import_module(f"geotrainr.commands.{verb_module}")
     parser = module.build_parser(f"geotrainr {verb}")
     try:
         ns = parser.parse_args(rest)

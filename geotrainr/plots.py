@@ -160,12 +160,13 @@ def plot_map(
     return save_figure(fig, out)
 
 
-def plot_guesses(guesses: Sequence, out: str | os.PathLike, kind: str = "country", title: str | None = None) -> Path:
-    """Map of :class:`~geotrainr.inference.Guess` objects, joined to their truth where known.
+def plot_guesses(guesses: Sequence, out: str | os.PathLike, note: str | None = None, title: str | None = None) -> Path:
+    """Map of :class:`~geotrainr.predictions.Guess` objects, joined to their truth where known.
 
     Failed guesses are left out; up to 25 points are labelled with file name and country.
+    ``note``: what the model's coordinates are (its ``guess_note``), printed under the map.
     """
-    from geotrainr.inference import ImageListError
+    from geotrainr.photos import ImageListError
 
     ok = [g for g in guesses if g.ok]
     if not ok:
@@ -176,7 +177,7 @@ def plot_guesses(guesses: Sequence, out: str | os.PathLike, kind: str = "country
         truth = np.array([[g.true_lat, g.true_lon] if g.true_lat is not None else [np.nan, np.nan] for g in ok], float)
     labels = [f"{Path(g.image).stem[:14]}: {g.country}" for g in ok]
     title = title or f"{len(ok)} guesses" + (" (green: truth, joined to its guess)" if truth is not None else "")
-    note = "Country models place a guess at the guessed country's centre." if kind != "coords" else None
+    note = f"{note[0].upper()}{note[1:]}." if note else None
     return plot_map(guess, out, true_latlon=truth, labels=labels, title=title, note=note)
 
 

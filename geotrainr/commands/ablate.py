@@ -26,7 +26,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None, help="epochs of every run (default: each config's, 5)")
     p.add_argument("--image-size", type=int, default=None, help="input size (default: the configs', 128)")
     p.add_argument("--batch-size", type=int, default=None, help="batch size (default: the configs', 64)")
-    p.add_argument("--num-workers", type=int, default=None, help="loader processes (default: the configs', 2)")
+    p.add_argument("--workers", type=int, default=None, help="loader processes (default: the configs', 2)")
     p.add_argument("--split", default="val", help="split to score (default val)")
     p.add_argument("--seed", type=int, default=0, help="seed of every run (default 0)")
     p.add_argument("--data-note", default="", help="a words-only note on the data for the results page")
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
                (("min_per_cell", args.min_per_cell), ("max_per_cell", args.max_per_cell), ("tau_km", args.tau_km))
                if v is not None]
     runs = run_study(args.index, args.workdir, groups, backbones, args.epochs, args.image_size, args.batch_size,
-                     args.num_workers, args.seed, args.split, args.override, geocell)
+                     args.workers, args.seed, args.split, args.override, geocell)
     note = args.data_note
     if not note and str(args.index) == "demo":
         note = "the offline demo set: NASA Blue Marble patches around GeoNames places, an aerial stand-in for street photos"

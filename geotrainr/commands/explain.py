@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from geotrainr.explain import explain
-from geotrainr.inference import Locator
+from geotrainr.locator import Locator
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
@@ -16,7 +16,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "(signs, road lines, poles, vegetation...) pushed the model towards its guess. Red: strong evidence; "
         "the dimmed, framed part of a wide photo is what the model's centre crop leaves out.",
     )
-    p.add_argument("checkpoint", help="a .ckpt file written by geotrainr fit")
+    p.add_argument("checkpoint", help="a .ckpt file written by geotrainr fit, a folder written by geotrainr export, "
+                   "or a Hugging Face Hub repository id (org/name)")
     p.add_argument("image", help="the photo (any format and size Pillow reads)")
     p.add_argument("--out", default=None, help="picture to write (default: <image stem>_gradcam.png next to the working folder)")
     what = p.add_mutually_exclusive_group()
@@ -31,13 +32,13 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    locator = Locator.from_checkpoint(args.checkpoint, device=None if args.device == "auto" else args.device)
+    locator = Locator.load(args.checkpoint, device=None if args.device == "auto" else args.device)
     target = args.country or args.target
     if args.target and locator.model.predicts_countries:
         from geotrainr.explain import ExplainError
 
-        what = "geocell" if locator.model.head_kind == "geocells" else locator.kind
-        raise ExplainError(f"--target {args.target} is for linear coordinate models; this is a {what} model (use --country)")
+        raise ExplainError(f"--target {args.target} is for linear coordinate models; this is a "
+                           f"{locator.model.description} (use --country)")
     e = explain(locator, args.image, target=target)
     out = Path(args.out) if args.out else Path(f"{Path(args.image).stem}_gradcam.png")
     e.save(out, alpha=args.alpha, credit=args.credit)

@@ -26,15 +26,15 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--max-per-cell", type=int, default=100, help="most training images per cell (default 100)")
     p.add_argument("--countries", default=None,
                    help="comma-separated class list (default: the countries of the training split)")
-    p.add_argument("--plot", default="geocells.png", help="map to write (default geocells.png; 'none' for no map)")
+    p.add_argument("--map", default="geocells.png", help="map to write (default geocells.png; 'none' for no map)")
     p.add_argument("--out", default=None, help="write the cells as JSON to this file")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    draw = args.plot.lower() != "none"
-    if draw and Path(args.plot).suffix.lower() not in (".png", ".jpg", ".jpeg", ".pdf", ".svg"):
-        raise GeocellError(f"--plot {args.plot}: use a .png, .jpg, .pdf or .svg file name")
+    draw = args.map.lower() != "none"
+    if draw and Path(args.map).suffix.lower() not in (".png", ".jpg", ".jpeg", ".pdf", ".svg"):
+        raise GeocellError(f"--map {args.map}: use a .png, .jpg, .pdf or .svg file name")
     points = None
     if args.checkpoint:
         cells = Geocells.load(args.checkpoint)
@@ -54,5 +54,5 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         print(f"cells written to {cells.save(args.out)}")
     if draw:
-        print(f"map written to {plot_geocells(cells, args.plot, points=points)}")
+        print(f"map written to {plot_geocells(cells, args.map, points=points)}")
     return 0

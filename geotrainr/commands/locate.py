@@ -10,25 +10,16 @@ of one place; ``--csv`` supplies truth (and group fields); ``--map`` draws it.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import json
 import os
 import sys
 from pathlib import Path
 
 from geotrainr.files import write_text_atomic
-from geotrainr.inference import (
-    Guess,
-    ImageListError,
-    Locator,
-    attach_truth,
-    auto_group_key,
-    collect_images,
-    group,
-    match_listing,
-    read_listing,
-)
+from geotrainr.locator import Locator
+from geotrainr.multiview import auto_group_key, group
+from geotrainr.photos import ImageListError, attach_truth, collect_images, match_listing, read_listing
+from geotrainr.predictions import Guess, records_csv, records_json
+from geotrainr.progress import progress_bar
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
@@ -40,21 +31,22 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "  geotrainr locate best.ckpt photo.jpg\n"
         "  geotrainr locate best.ckpt photos/ --format json > guesses.json\n"
         "  geotrainr locate best.ckpt panos/ --group-by auto --map guesses.png\n"
-        "  geotrainr locate best.ckpt --csv photos.csv --group-by pano_id --map eval.png",
+        "  geotrainr locate best.ckpt --truth photos.csv --group-by pano_id --map eval.png",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("checkpoint", help="a .ckpt file written by geotrainr fit")
+    p.add_argument("checkpoint", help="a .ckpt file written by geotrainr fit, a folder written by geotrainr export, "
+                   "or a Hugging Face Hub repository id (org/name)")
     p.add_argument("images", nargs="*", help="image files and/or folders (searched recursively); "
-                   "default with --csv: every photo the CSV lists")
+                   "default with --truth: every photo the CSV lists")
     p.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format (default: table)")
-    p.add_argument("-o", "--output", default=None, help="write the output to this file instead of standard output")
+    p.add_argument("-o", "--out", default=None, help="write the output to this file instead of standard output")
     p.add_argument("-k", "--top-k", type=int, default=5, help="countries listed per photo (default 5)")
-    p.add_argument("--csv", default=None, metavar="LISTING",
+    p.add_argument("--truth", default=None, metavar="LISTING.csv",
                    help="CSV with path,lat,lon[,country,...] (paths relative to the CSV): truth for error columns "
                    "and maps, fields for --group-by")
     p.add_argument("--group-by", default=None, metavar="FIELD|auto",
                    help="combine views of one place into one guess: 'auto' (file name without a trailing "
-                   "_<heading>, -<n> or _<n>) or a column of --csv")
+                   "_<heading>, -<n> or _<n>) or a column of --truth")
     p.add_argument("--map", default=None, metavar="OUT.png", help="draw the guesses (and truth, when known) on a map")
     p.add_argument("--batch-size", type=int, default=32, help="photos per forward pass (default 32)")
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: some for large folders)")
@@ -79,7 +71,7 @@ def _common_folder(images: list[str]) -> str | None:
     return base if base not in ("", ".") else None
 
 
-def format_table(guesses: list[Guess], kind: str) -> str:
+def format_table(guesses: list[Guess], note: str) -> str:
     """A readable table: one line per photo (or group)."""
     ok = [g for g in guesses if g.ok]
     has_probs = any(g.probability is not None for g in ok)
@@ -111,11 +103,7 @@ def format_table(guesses: list[Guess], kind: str) -> str:
     fmt = lambda cells: "  ".join(c.rjust(w) if h in numeric else c.ljust(w) for c, w, h in zip(cells, widths, header)).rstrip()  # noqa: E731
     lines = [f"(images under {base})"] if base else []
     lines += [fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
-    what = {"country": "country model: lat/lon is the guessed country's centre",
-            "coords": "geocell model: lat/lon is the centroid of a cell in the guessed country" if has_probs
-            else "coordinate model: 'guess' is the country the coordinates fall in",
-            "distance": "distance model: p is over its country anchors; lat/lon is the nearest anchor's centre"}[kind]
-    lines.append(f"\n{len(ok)} of {len(guesses)} located ({what}).")
+    lines.append(f"\n{len(ok)} of {len(guesses)} located ({note}).")
     errs = [g.error_km for g in ok if g.error_km is not None]
     if errs:
         import numpy as np
@@ -127,17 +115,11 @@ def format_table(guesses: list[Guess], kind: str) -> str:
 
 
 def format_json(guesses: list[Guess]) -> str:
-    return json.dumps([g.to_dict() for g in guesses], indent=2, ensure_ascii=False)
+    return records_json(guesses)
 
 
 def format_csv(guesses: list[Guess]) -> str:
-    rows = [g.to_row() for g in guesses]
-    fields = list(dict.fromkeys(k for r in rows for k in r))
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    return buf.getvalue()
+    return records_csv(guesses)
 
 
 def _write_text(text: str, path: str | None) -> None:
@@ -159,31 +141,29 @@ def run(args: argparse.Namespace) -> int:
         raise ImageListError("--top-k must be at least 1")
     if args.batch_size < 1:
         raise ImageListError("--batch-size must be at least 1")
-    listing = read_listing(args.csv) if args.csv else None
+    listing = read_listing(args.truth) if args.truth else None
     if args.group_by and args.group_by != "auto":
         if listing is None:
-            raise ImageListError(f"--group-by {args.group_by} needs --csv (a listing with a {args.group_by!r} column); "
+            raise ImageListError(f"--group-by {args.group_by} needs --truth (a listing with a {args.group_by!r} column); "
                                  "or use --group-by auto")
         if args.group_by not in listing.columns:
-            raise ImageListError(f"{args.csv} has no column {args.group_by!r} (columns: {', '.join(listing.columns)})")
+            raise ImageListError(f"{args.truth} has no column {args.group_by!r} (columns: {', '.join(listing.columns)})")
     if args.images:
         files, notes = collect_images(args.images, recursive=not args.no_recursive)
     elif listing is not None:
         files, notes = [Path(p) for p in listing["path"] if p], []
         if not files:
-            raise ImageListError(f"{args.csv}: lists no paths")
+            raise ImageListError(f"{args.truth}: lists no paths")
     else:
-        raise ImageListError("give image files or folders to locate (or --csv with a listing)")
+        raise ImageListError("give image files or folders to locate (or --truth with a listing)")
     for n in notes:
         _note(n)
 
-    locator = Locator.from_checkpoint(args.checkpoint, device=args.device)
+    locator = Locator.load(args.checkpoint, device=args.device)
 
-    show_progress = sys.stderr.isatty() and len(files) > 4 * args.batch_size
-    progress = (lambda done: print(f"\r{done}/{len(files)} photos", end="", file=sys.stderr)) if show_progress else None
-    guesses = locator.locate(files, top_k=args.top_k, batch_size=args.batch_size, num_workers=args.workers, progress=progress)
-    if show_progress:
-        print(file=sys.stderr)
+    with progress_bar("locate", total=len(files), unit="photo") as bar:
+        guesses = locator.locate(files, top_k=args.top_k, batch_size=args.batch_size, num_workers=args.workers,
+                                 progress=bar.done)
     failed = [g for g in guesses if not g.ok]
     for g in failed:
         print(f"geotrainr locate: error: {g.error}", file=sys.stderr)
@@ -192,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
     if listing is not None:
         found = attach_truth(guesses, rows, listing)
         if found < len(files):
-            _note(f"{len(files) - found} of {len(files)} photos have no truth in {args.csv}")
+            _note(f"{len(files) - found} of {len(files)} photos have no truth in {args.truth}")
     if args.group_by:
         if args.group_by == "auto":
             keys = [auto_group_key(f) for f in files]
@@ -201,13 +181,13 @@ def run(args: argparse.Namespace) -> int:
         guesses = group(guesses, keys, top_k=args.top_k)
         _note(f"{len(files)} photos combined into {len(guesses)} guesses (--group-by {args.group_by})")
 
-    text = {"table": lambda: format_table(guesses, locator.kind), "json": lambda: format_json(guesses),
+    text = {"table": lambda: format_table(guesses, locator.model.guess_note), "json": lambda: format_json(guesses),
             "csv": lambda: format_csv(guesses)}[args.format]()
-    _write_text(text, args.output)
+    _write_text(text, args.out)
 
     if args.map:
         from geotrainr.plots import plot_guesses
 
-        plot_guesses(guesses, args.map, locator.kind)
+        plot_guesses(guesses, args.map, note=locator.model.guess_note)
         _note(f"map written to {args.map}")
     return 1 if failed else 0

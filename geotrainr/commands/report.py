@@ -1,12 +1,12 @@
-"""`geotrainr report CKPT [--index PATH|demo | --config YAML | --csv LISTING] --out DIR`: an evaluation report."""
+"""`geotrainr report MODEL [--index PATH|demo | --config YAML | --truth LISTING] --out DIR`: an evaluation report."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
+from geotrainr.progress import progress_bar
 from geotrainr.report import ReportError, evaluate, metrics_table, write_report
 
 
@@ -17,13 +17,14 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "of countries, accuracy per country, CDF of the great-circle error with the 1/25/200/750/2500 km marks, "
         "the map of guesses (truth joined to guess), predictions.csv, metrics.json and report.md tying them together.",
     )
-    p.add_argument("checkpoint", help="a .ckpt file written by geotrainr fit")
+    p.add_argument("checkpoint", help="a .ckpt file written by geotrainr fit, a folder written by geotrainr export, "
+                   "or a Hugging Face Hub repository id (org/name)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--index", default=None, help="parquet index (file or shard folder) or 'demo' (default: demo)")
     src.add_argument("--config", default=None, help="a training config: its data.init_args.index is used")
-    src.add_argument("--csv", default=None, metavar="LISTING",
+    src.add_argument("--truth", default=None, metavar="LISTING.csv",
                      help="a CSV of photos with path,lat,lon[,country] (paths relative to the CSV); split 'all'")
-    p.add_argument("--split", default=None, help="train, val, test or all (default: val; all with --csv)")
+    p.add_argument("--split", default=None, help="train, val, test or all (default: val; all with --truth)")
     p.add_argument("--out", default="report", help="output folder (default: ./report)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: half the CPU cores, at most 4)")
@@ -47,27 +48,23 @@ def index_from_config(path: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    split = args.split or ("all" if args.csv else "val")
+    split = args.split or ("all" if args.truth else "val")
     device = None if args.device == "auto" else args.device
     with tempfile.TemporaryDirectory(prefix="geotrainr-report-") as tmp:
-        if args.csv:
+        if args.truth:
             from geotrainr.data.index import index_from_csv, validate_index, write_index
 
-            listing = validate_index(index_from_csv(args.csv, tmp)).assign(split="test")  # every row is evaluated
+            listing = validate_index(index_from_csv(args.truth, tmp)).assign(split="test")  # every row is evaluated
             index = write_index(listing, Path(tmp) / "index.parquet")
         elif args.config:
             index = index_from_config(args.config)
         else:
             index = args.index or "demo"
-        progress = None
-        if sys.stderr.isatty():
-            progress = lambda done, n: print(f"\r{done}/{n} images", end="", file=sys.stderr)  # noqa: E731
-        ev = evaluate(args.checkpoint, index=index, split=split, batch_size=args.batch_size, num_workers=args.workers,
-                      device=device, progress=progress)
-        if progress:
-            print(file=sys.stderr)
-    if args.csv:  # the temporary index is gone: name the listing instead
-        ev.index = args.csv
+        with progress_bar("report", unit="img") as bar:
+            ev = evaluate(args.checkpoint, index=index, split=split, batch_size=args.batch_size, num_workers=args.workers,
+                          device=device, progress=bar.done_of)
+    if args.truth:  # the temporary index is gone: name the listing instead
+        ev.index = args.truth
     page = write_report(ev, args.out, checkpoint=args.checkpoint)
     width = max(len(k) for k, _, _ in metrics_table(ev.metrics))
     print(f"{ev.kind} model on {ev.index}, {ev.split} split: {len(ev.frame)} images"

@@ -14,11 +14,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from geotrainr.countries import european_codes
 from geotrainr.errors import GeotrainrError
@@ -111,7 +113,9 @@ def build_demo(
         (tmp / "images").mkdir()
         paths = []
         half = patch_px / 2
-        for (cc, lat, lon), x, y in zip(places[["country", "lat", "lon"]].itertuples(index=False), xs, ys):
+        rows = zip(places[["country", "lat", "lon"]].itertuples(index=False), xs, ys)
+        for (cc, lat, lon), x, y in tqdm(rows, total=len(places), desc="demo-data", unit="patch", disable=None,
+                                         leave=False, file=sys.stderr):
             box = (int(round(x - half)), int(round(y - half)), int(round(x + half)), int(round(y + half)))
             rel = f"images/{cc}_{lat:.5f},{lon:.5f}.png"
             world.crop(box).save(tmp / rel)
