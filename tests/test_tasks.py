@@ -17,7 +17,7 @@ from geotrainr.metrics import GeolocationError
 from geotrainr.tasks import CoordinateRegressor, CountryClassifier, DistancePredictor
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = {k: str(ROOT / "configs" / f"{k}.yaml") for k in ("country", "coords", "distance")}
+CONFIGS = {k: str(ROOT / "configs" / f"{k}.yaml") for k in ("country", "coords", "distance", "geocells")}
 
 
 def tiny_args(index, task="country", backbone="test_efficientnet"):
@@ -226,3 +226,30 @@ def test_distance_anchor_accuracy_and_outputs():
     euclid = DistancePredictor(countries=["DE", "FR"], backbone="test_efficientnet", weights=None, head="euclidean", image_size=32)
     e = euclid(batch["image"])
     assert torch.allclose(euclid.pair_distance(e, e), torch.zeros(4), atol=1e-3)
+
+
+def test_a_single_country_index_trains_coordinates_and_geocells(tmp_path, monkeypatch, capsys):
+    """A city- or country-level dataset: the coordinate tasks train, country accuracy is left out, not faked."""
+    from conftest import make_image
+
+    monkeypatch.chdir(tmp_path)
+    rows = []
+    for i in range(40):
+        rel = f"images/HR_{i:02d}.jpg"
+        make_image(tmp_path / "data" / rel, seed=i % 5)
+        rows.append({"image_path": rel, "lat": 45.0 + 0.05 * (i % 8), "lon": 15.0 + 0.1 * (i // 8), "country": "HR"})
+    from geotrainr.data.index import assign_splits, write_index
+
+    index = write_index(assign_splits(pd.DataFrame(rows), "random", val=0.25, seed=0), tmp_path / "data/index.parquet")
+    for task, extra in (("coords", []), ("geocells", ["--model.init_args.min_per_cell=2", "--model.init_args.max_per_cell=5"])):
+        args = [a for a in tiny_args(index, task) if not a.startswith("--data.init_args.batch_size")]
+        assert main(["fit", *args, *extra, "--trainer.max_epochs=1", "--data.init_args.batch_size=10",
+                     f"--trainer.default_root_dir={tmp_path / task}"]) == 0, task
+    ckpt = max((p for p in tmp_path.rglob("*.ckpt") if "geocells" in str(p)), key=lambda p: p.stat().st_mtime_ns)
+    assert main(["report", str(ckpt), "--index", str(index), "--out", str(tmp_path / "report"), "--workers", "0"]) == 0
+    metrics = json.loads((tmp_path / "report/metrics.json").read_text())["metrics"]
+    assert "err_km_median" in metrics and "acc1" not in metrics and "acc5" not in metrics
+    capsys.readouterr()
+    assert main(["fit", *tiny_args(index, "country"), "--trainer.fast_dev_run=true"]) == 2
+    err = capsys.readouterr().err
+    assert "needs at least two countries" in err and "Traceback" not in err

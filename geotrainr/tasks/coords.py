@@ -121,7 +121,8 @@ class CoordinateRegressor(GeoTask):
         return self.head_kind == "geocells"
 
     def configure_metrics(self) -> dict[str, Metric | MetricCollection]:
-        if self.head_kind == "geocells":
+        """Great-circle metrics; geocell models add country accuracy, where there is more than one country."""
+        if self.head_kind == "geocells" and self.num_classes > 1:
             return {"cls": classification_metrics(self.num_classes), "geo": GeolocationError()}
         return {"geo": GeolocationError()}
 

@@ -8,7 +8,7 @@ from torch import nn
 from torchmetrics import Metric, MetricCollection
 
 from geotrainr.metrics import GeolocationError, classification_metrics
-from geotrainr.tasks.base import GeoTask
+from geotrainr.tasks.base import GeoTask, TaskConfigError
 
 
 class CountryClassifier(GeoTask):
@@ -35,6 +35,9 @@ class CountryClassifier(GeoTask):
         super().__init__(*args, **kwargs)
 
     def configure_heads(self) -> None:
+        if self.num_classes < 2:
+            raise TaskConfigError(f"a country classifier needs at least two countries; the class list holds only "
+                                  f"{', '.join(self.countries)} (train the coords or geocells config on one country)")
         self.head = nn.Sequential(nn.Dropout(self._dropout), nn.Linear(self.num_features, self.num_classes))
 
     def configure_metrics(self) -> dict[str, Metric | MetricCollection]:

@@ -11,7 +11,7 @@ from torchmetrics import Metric, MetricCollection
 
 from geotrainr.geo import degree_error
 from geotrainr.metrics import GeolocationError, anchor_metrics, distance_error
-from geotrainr.tasks.base import GeoTask
+from geotrainr.tasks.base import GeoTask, TaskConfigError
 
 
 class DistancePredictor(GeoTask):
@@ -65,6 +65,9 @@ class DistancePredictor(GeoTask):
         super().__init__(*args, **kwargs)
 
     def configure_heads(self) -> None:
+        if self.num_classes < 2:
+            raise TaskConfigError(f"a distance model's anchors are its countries and it needs at least two; the class "
+                                  f"list holds only {', '.join(self.countries)}")
         d = self._opts["embed_dim"]
         self.embed = nn.Linear(self.num_features, d)
         self.anchor_embed = nn.Parameter(torch.randn(self.num_classes, d) * 0.02)
