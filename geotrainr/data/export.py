@@ -51,8 +51,8 @@ class ExportResult:
     out: Path
     rows: dict[str, int]
     shards: dict[str, int]
-    nbytes: dict[str, int] = field(default_factory=dict)
     licence: str
+    nbytes: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
 
