@@ -107,7 +107,7 @@ def fill_countries(df: pd.DataFrame, label: pd.Series) -> tuple[pd.DataFrame, li
     if need.any():
         from geotrainr.places import reverse_country
 
-        country = country.astype(object).to_numpy()
+        country = np.array(country, dtype=object)  # a writable copy
         country[need] = reverse_country(df["lat"].to_numpy(float)[need], df["lon"].to_numpy(float)[need])
         country = pd.Series(country, index=df.index)
     ok = country.isin(known).to_numpy()
