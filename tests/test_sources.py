@@ -367,3 +367,18 @@ def test_test_stage_without_test_split_says_so(tiny_index, capsys):
     assert "has no test split: the test stage scores the val split" in capsys.readouterr().err
     dm.dataset("val")
     assert capsys.readouterr().err == ""
+
+
+@needs_real
+def test_real_photos_as_a_benchmark_fixture(tmp_path):
+    """The 71 real frames as an Im2GPS3k-style CSV (IMG_ID,AUTHOR,LAT,LON) beside their image folder."""
+    src = real_photos()
+    csv = tmp_path / "im2gps3k_places365.csv"
+    pd.DataFrame({"IMG_ID": src["path"].str.split("/").str[-1], "AUTHOR": "mapillary", "LAT": src["lat"], "LON": src["lon"]}).to_csv(csv, index=False)
+    out = tmp_path / "bench.parquet"
+    assert main(["index", "--from", "im2gps3k", str(csv), "--images", str(REAL / "images"), "--out", str(out)]) == 0
+    df = read_index(out).set_index("id")
+    assert len(df) == 71 and set(df["split"]) == {"test"}
+    truth = src.assign(id=src["path"].str.split("/").str[-1]).set_index("id")
+    assert (df["lat"] == truth.loc[df.index, "lat"]).all() and (df["lon"] == truth.loc[df.index, "lon"]).all()
+    assert (df["country"] == truth.loc[df.index, "country"]).mean() > 0.9  # from the coordinates: right but near borders
