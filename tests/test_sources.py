@@ -382,3 +382,10 @@ def test_real_photos_as_a_benchmark_fixture(tmp_path):
     truth = src.assign(id=src["path"].str.split("/").str[-1]).set_index("id")
     assert (df["lat"] == truth.loc[df.index, "lat"]).all() and (df["lon"] == truth.loc[df.index, "lon"]).all()
     assert (df["country"] == truth.loc[df.index, "country"]).mean() > 0.9  # from the coordinates: right but near borders
+
+
+@pytest.mark.parametrize("argv", [["--from", "osv5m"], ["--from", "osv5m", "--csv", "x.csv"], [], ["dir", "--csv", "x.csv"]])
+def test_exactly_one_source(tmp_path, capsys, argv):
+    assert main(["index", *argv, "--out", str(tmp_path / "o.parquet")]) == 2
+    err = capsys.readouterr().err
+    assert "exactly one source" in err and len(err.strip().splitlines()) == 1

@@ -59,8 +59,7 @@ def skipped_listing_path(out: Path) -> Path:
 
 
 def _read_source(args: argparse.Namespace, index_dir: Path) -> SourceRows:
-    given = [x for x in (args.fmt and args.src, args.csv, not args.fmt and args.src) if x]
-    if len(given) != 1:
+    if (args.fmt and (args.csv or not args.src)) or (not args.fmt and bool(args.src) == bool(args.csv)):
         raise IndexValidationError("give exactly one source: a folder, --csv FILE, or --from FORMAT SRC")
     columns = parse_columns(args.columns)
     if args.fmt:
