@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from torch.utils.data import DataLoader
 
 from geotrainr.countries import get_country
@@ -80,6 +81,7 @@ class GeoDataModule(L.LightningDataModule):
         self.preprocessing = Preprocessing()
         self.frames: dict[str, object] = {}
         self.skipped = {"train": 0, "val": 0, "test": 0, "predict": 0}
+        self.has_test_split = self._has_split and bool((meta["split"] == "test").any())
 
     # --- configuration -----------------------------------------------------
 
@@ -95,11 +97,12 @@ class GeoDataModule(L.LightningDataModule):
             return
         df = validate_index(read_index(self.index_path))
         if not self._has_split:
-            rank_zero_warn(f"{self.index_path} has no split column: using a seeded random 80/20 split")
-            df = assign_splits(df, "random", val=0.2, seed=self.hparams.seed)
+            rank_zero_warn(f"{self.index_path} has no split column: using a seeded 80/20 split grouped by place")
+            df = assign_splits(df, "group", val=0.2, seed=self.hparams.seed)
         for split in ("train", "val", "test"):
             self.frames[split] = df[df["split"] == split]
-        if len(self.frames["test"]) == 0:
+        self.has_test_split = len(self.frames["test"]) > 0
+        if not self.has_test_split:
             self.frames["test"] = self.frames["val"]
         self.frames["all"] = df
         unseen = sorted(set(df["country"]) - set(self.countries))
@@ -111,6 +114,10 @@ class GeoDataModule(L.LightningDataModule):
             self.setup()
         if split not in self.frames:
             raise ValueError(f"unknown split {split!r}; use train, val, test or all")
+        if split == "test" and not self.has_test_split and rank_zero_only.rank == 0:
+            # never score the validation rows under test names without saying so
+            print(f"warning: {self.index_path} has no test split: the test stage scores the val split "
+                  "(re-index with --test 0.1 for a held-out test set)", file=sys.stderr)
         transform = build_transform(self.preprocessing, train=train, hflip=self.hparams.hflip, augment=self.hparams.augment)
         draft = self.preprocessing.draft_size if self.hparams.draft_decode else None
         return GeoDataset(self.frames[split], self.root, transform, self.countries, self.hparams.strict, draft)

@@ -48,12 +48,17 @@ class GeoDataset(Dataset):
     draft_size: int | None = None
     _paths: list = field(init=False, repr=False)
     _bytes: list | None = field(init=False, repr=False)
+    _archives: np.ndarray | None = field(init=False, repr=False)
+    _members: np.ndarray | None = field(init=False, repr=False)
 
     def __post_init__(self):
         self.root = Path(self.root)
         df = self.frame.reset_index(drop=True)
         self._paths = df["image_path"].tolist() if "image_path" in df.columns else [None] * len(df)
         self._bytes = df["image"].tolist() if "image" in df.columns else None
+        # images inside zip archives (archive relative to the index folder, member name): read in place
+        self._archives = df["archive"].to_numpy(object) if "archive" in df.columns else None
+        self._members = df["member"].to_numpy(object) if self._archives is not None else None
         self._latlon = torch.from_numpy(df[["lat", "lon"]].to_numpy(np.float32, copy=True))  # writable: no torch warning
         # vectorised class lookup (-1 outside the class list): a Python loop costs ~0.5 s per million rows
         codes = pd.Index(list(self.classes)).get_indexer(df["country"].astype(object).to_numpy())
@@ -66,10 +71,16 @@ class GeoDataset(Dataset):
     def source(self, i: int):
         if self._bytes is not None and self._bytes[i] is not None:
             return self._bytes[i]
+        if self._archives is not None and isinstance(self._archives[i], str):
+            from geotrainr.data.archives import read_member
+
+            return read_member(self.root / self._archives[i], self._members[i])
         return self.root / self._paths[i]
 
     def label(self, i: int) -> str:
-        """How row ``i``'s image is named in prediction records: a path a user can open, or the row."""
+        """How row ``i``'s image is named in records and errors: a path a user can open, ``archive.zip:member``, or the row."""
+        if self._archives is not None and isinstance(self._archives[i], str):
+            return f"{os.path.abspath(self.root / self._archives[i])}:{self._members[i]}"
         path = self._paths[i]
         return os.path.abspath(self.root / path) if isinstance(path, str) and path else f"row {i}"
 
@@ -79,7 +90,7 @@ class GeoDataset(Dataset):
                 image = self.transform(im)
         except Exception as e:  # noqa: BLE001 - any decode failure is the same event to us
             if self.strict:
-                raise ImageLoadError(f"row {i} ({self._paths[i] or 'embedded bytes'}): {type(e).__name__}: {e}") from e
+                raise ImageLoadError(f"row {i} ({self.label(i)}): {type(e).__name__}: {e}") from e
             return None
         return {"image": image, "country": self._country[i], "latlon": self._latlon[i], "index": i}
 

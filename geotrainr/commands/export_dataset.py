@@ -1,0 +1,40 @@
+"""`geotrainr export-dataset`: an index -> a Hugging Face datasets folder (parquet shards + dataset card)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Write an index as a Hugging Face datasets folder: data/{split}-NNNNN-of-NNNNN.parquet with an image "
+        "feature, lat/lon/country/split and provenance columns, and a README.md dataset card (licence, attribution, "
+        "splits). Load it with datasets.load_dataset('parquet', data_dir=OUT); publish it with "
+        "'huggingface-cli upload USER/NAME OUT . --repo-type dataset'.",
+    )
+    p.add_argument("index", help="parquet index file or shard folder")
+    p.add_argument("--out", required=True, help="folder to write (replaced whole if it holds an earlier export)")
+    p.add_argument("--name", default=None, help="dataset name in the card (default: the folder's name)")
+    p.add_argument("--licence", default=None, help="Hub licence id (e.g. cc-by-sa-4.0); default: from the index's licence column")
+    p.add_argument("--shard-mb", type=float, default=500.0, help="image megabytes per parquet shard (default 500)")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from geotrainr.data.export import export_dataset
+    from geotrainr.data.index import read_index
+
+    total = len(read_index(args.index, columns=["lat"]))
+    with tqdm(total=total, desc="exporting", unit="img", leave=False, mininterval=1.0) as bar:
+        result = export_dataset(args.index, args.out, shard_mb=args.shard_mb, name=args.name, licence=args.licence,
+                                progress=bar.update)
+    print("split       images  shards")
+    for split, n in result.rows.items():
+        print(f"{split:<10} {n:>7}  {result.shards[split]:>6}")
+    print(f"licence: {result.licence}")
+    print(f"wrote {Path(args.out)} (load: datasets.load_dataset('parquet', data_dir='{args.out}'))")
+    return 0
