@@ -6,6 +6,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from geotrainr.benchmarks import BENCHMARKS
 from geotrainr.progress import progress_bar
 from geotrainr.report import ReportError, evaluate, metrics_table, write_report
 
@@ -24,6 +25,11 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     src.add_argument("--config", default=None, help="a training config: its data.init_args.index is used")
     src.add_argument("--truth", default=None, metavar="LISTING.csv",
                      help="a CSV of photos with path,lat,lon[,country] (paths relative to the CSV); split 'all'")
+    src.add_argument("--benchmark", default=None, choices=list(BENCHMARKS),
+                     help="a standard benchmark in its published layout (--data): the standard table beside published figures")
+    p.add_argument("--data", default=None, help="--benchmark: the benchmark's folder or CSV (docs/benchmarks.md)")
+    p.add_argument("--images", default=None, help="--benchmark: the image folder, where it is not the layout's default")
+    p.add_argument("--columns", default=None, help="--benchmark: column names of another spelling, e.g. lat=latitude,lon=lng")
     p.add_argument("--split", default=None, help="train, val, test or all (default: val; all with --truth)")
     p.add_argument("--out", default="report", help="output folder (default: ./report)")
     p.add_argument("--batch-size", type=int, default=64)
@@ -48,6 +54,10 @@ def index_from_config(path: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.benchmark:
+        return run_benchmark_report(args)
+    if args.data:
+        raise ReportError("--data names a benchmark's files: give --benchmark im2gps3k|yfcc4k|osv5m-test too")
     split = args.split or ("all" if args.truth else "val")
     device = None if args.device == "auto" else args.device
     with tempfile.TemporaryDirectory(prefix="geotrainr-report-") as tmp:
@@ -65,7 +75,12 @@ def run(args: argparse.Namespace) -> int:
                           device=device, progress=bar.done_of)
     if args.truth:  # the temporary index is gone: name the listing instead
         ev.index = args.truth
-    page = write_report(ev, args.out, checkpoint=args.checkpoint)
+    print_report(ev, write_report(ev, args.out, checkpoint=args.checkpoint))
+    return 0
+
+
+def print_report(ev, page) -> None:
+    """The metrics, their meaning and the notes on standard output."""
     width = max(len(k) for k, _, _ in metrics_table(ev.metrics))
     print(f"{ev.kind} model on {ev.index}, {ev.split} split: {len(ev.frame)} images"
           + (f" ({ev.skipped} unreadable, skipped)" if ev.skipped else ""))
@@ -74,4 +89,24 @@ def run(args: argparse.Namespace) -> int:
     for n in ev.notes:
         print(f"note: {n}")
     print(f"report written to {page}")
+
+
+def run_benchmark_report(args: argparse.Namespace) -> int:
+    """``--benchmark``: the usual report, plus ``benchmark.md`` with the standard table and published figures."""
+    from geotrainr.benchmarks import run_benchmark, standard_table
+    from geotrainr.data.sources import parse_columns
+    from geotrainr.files import write_text_atomic
+
+    if not args.data:
+        raise ReportError(f"--benchmark {args.benchmark} needs --data: the folder or CSV it is published as (docs/benchmarks.md)")
+    device = None if args.device == "auto" else args.device
+    with progress_bar(args.benchmark, unit="img") as bar:
+        ev = run_benchmark(args.checkpoint, args.benchmark, args.data, images=args.images, columns=parse_columns(args.columns),
+                           batch_size=args.batch_size, num_workers=args.workers, device=device, progress=bar.done_of)
+    page = write_report(ev, args.out, checkpoint=args.checkpoint, title=f"geotrainr on {args.benchmark}")
+    table = standard_table(ev, args.benchmark, label=Path(str(args.checkpoint)).name or str(args.checkpoint))
+    write_text_atomic(Path(args.out) / "benchmark.md", f"# {args.benchmark}: {len(ev.records)} images\n\n{table}\n")
+    print_report(ev, page)
+    print(f"\n{table}")
     return 0
+
