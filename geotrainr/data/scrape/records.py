@@ -147,7 +147,7 @@ def normalise_image(body: bytes, width: int, height: int) -> bytes:
         raise TornImage("JPEG without end marker (truncated)")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the pixel count is checked below
             with Image.open(io.BytesIO(body)) as im:
                 fmt, size = im.format, im.size
                 if fmt not in STILL_FORMATS:
@@ -169,6 +169,8 @@ def normalise_image(body: bytes, width: int, height: int) -> bytes:
                     rgb = im.convert("RGB")
     except InvalidAnswer:
         raise
+    except Image.DecompressionBombError:
+        raise InvalidAnswer(f"image refused: more pixels than {MAX_DECODE_PIXELS} (asked for {width}x{height})") from None
     except Exception as e:  # noqa: BLE001 - any decoder failure means a bad download
         raise TornImage(f"undecodable image ({type(e).__name__})") from None
     if rgb.size != (width, height):

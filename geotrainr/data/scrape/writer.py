@@ -124,7 +124,7 @@ class DatasetStore:
         """Create the folders, take the lock and remove leftovers of an interrupted run."""
         if self.out.exists() and not self.out.is_dir():
             raise ScrapeError(f"--out {self.out}: exists and is not a folder")
-        if self.out.is_dir() and not (self.state / "settings.json").exists():
+        if self.out.is_dir() and not (self.state / "settings.json").exists() and not self._has_work():
             foreign = sorted(p.name for p in self.out.iterdir() if p.name not in ("images", "shards", "state"))
             if foreign:
                 # Never overwrite another dataset's index.parquet or mix with unrelated files.
