@@ -139,7 +139,8 @@ def test_a_long_pano_id_gets_a_bounded_file_name():
     name = image_name(pano.pano_id, 180.0)
     assert len(name) <= 140 and name.endswith("_180.jpg")
     assert image_name(pano.pano_id + "y", 180.0) != name, "the hash tells long ids apart"
-    assert image_name(t["pano_id"], 0.0) == f"{t['pano_id']}_0.jpg" if "-" not in t["pano_id"] else True
+    assert image_name("CAoSLEFGMVFpcE9", 90.0) == "CAoSLEFGMVFpcE9_90.jpg", "ordinary ids keep their names"
+    assert len(image_name("a/b" * 20, 0.0)) < 80 and "/" not in image_name("a/b" * 20, 0.0)
 
 
 @pytest.mark.parametrize("fault, stored", [("gif", None), ("html", None), ("bomb_png", None),

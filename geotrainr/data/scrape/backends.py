@@ -207,10 +207,10 @@ fetch(url, {signal: ctrl.signal, cache: "no-store", credentials: "omit"})
     r.headers.forEach((v, k) => { headers[k.toLowerCase()] = v; });
     const announced = parseInt(headers["content-length"] || "0", 10);
     if (announced > maxBytes) { ctrl.abort(); clearTimeout(timer); done({error: "TooLarge", tooLarge: true}); return; }
-    const reader = r.body.getReader();
+    const reader = r.body ? r.body.getReader() : null;
     const parts = [];
     let size = 0;
-    for (;;) {
+    while (reader) {
       const {done: end, value} = await reader.read();
       if (end) break;
       size += value.length;

@@ -522,7 +522,12 @@ class Scraper:
         """Journal a place's outcome once it is finished (its rows are on record already)."""
         self.stats.images += len(res.rows)
         if res.outcome in FINAL_OUTCOMES:
-            store.record_place(res.place.place_id, res.outcome, res.pano.pano_id if res.pano else None, res.place.country)
+            try:
+                store.record_place(res.place.place_id, res.outcome, res.pano.pano_id if res.pano else None,
+                                   res.place.country)
+            except InvalidAnswer as e:  # never journaled: the place counts as failed and is tried again
+                res.outcome, res.error = "failed", str(e)
+                return
             attr = {"hit": "hits", "miss": "misses", "duplicate": "duplicates", "excluded": "excluded"}[res.outcome]
             setattr(self.stats, attr, getattr(self.stats, attr) + 1)
 
