@@ -448,3 +448,37 @@ def test_kill_and_interrupt_loop_short(tmp_path, capsys, monkeypatch, reference)
 @pytest.mark.parametrize("seed", [2, 3])
 def test_kill_and_interrupt_loop_long(tmp_path, capsys, monkeypatch, reference, seed):
     _kill_loop(tmp_path, capsys, monkeypatch, reference, rounds=12, seed=seed)
+
+
+def test_every_record_reaches_the_disk_before_the_step_that_relies_on_it(tmp_path, monkeypatch):
+    """fsync order: settings; the image, then its folder, then the journal line; the shard before the journal goes."""
+    flushed: list[str] = []
+    real = os.fsync
+
+    def spy(fd: int) -> None:
+        flushed.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    store = DatasetStore(tmp_path)
+    store.open_for_writing()
+    store.check_settings({"size": "64x64"})
+    jpeg = FakeStreetView(KEY).jpeg("p" * 22, 0.0, 64, 64, 90, 0)
+    path = store.write_image("pano_0.jpg", jpeg)
+    store.record_row({"image_path": path, "lat": 50.0, "lon": 10.0, "country": "DE", "pano_id": "pano", "heading": 0.0,
+                      "pitch": 0.0, "fov": 90.0, "capture_date": "2020-05", "place_id": "1", "source": "streetview"})
+    store.record_place("1", "hit", "pano", "DE")
+    store.flush()
+    store.close()
+
+    def first(pred) -> int:
+        return next(i for i, p in enumerate(flushed) if pred(p))
+
+    state, images, shards = str(tmp_path / "state"), str(tmp_path / "images"), str(tmp_path / "shards")
+    assert first(lambda p: ".settings.json" in p) < first(lambda p: p == state)
+    image_data = first(lambda p: ".pano_0.jpg" in p)
+    image_dir = first(lambda p: p == images)
+    journal = [i for i, p in enumerate(flushed) if "journal-" in p]
+    assert image_data < image_dir < journal[0] and len(journal) == 2, flushed  # the row's line, then the place's
+    shard = first(lambda p: p.startswith(shards + "/.part-"))
+    assert journal[-1] < shard < first(lambda p: p == shards) and flushed[-1] == state, flushed
