@@ -482,3 +482,10 @@ def test_every_record_reaches_the_disk_before_the_step_that_relies_on_it(tmp_pat
     assert image_data < image_dir < journal[0] and len(journal) == 2, flushed  # the row's line, then the place's
     shard = first(lambda p: p.startswith(shards + "/.part-"))
     assert journal[-1] < shard < first(lambda p: p == shards) and flushed[-1] == state, flushed
+
+
+def test_deeply_nested_metadata_is_a_retry_not_a_crash():
+    client = StreetViewClient(_EchoBackend(b"[" * 200_000, 200, "application/json"), Credentials(KEY), ImageSpec(),
+                              "http://127.0.0.1:9/sv", RetryPolicy(attempts=2, base_delay=0.001, max_delay=0.001))
+    with pytest.raises(Exception, match="still failing after 2 tries .last: undecodable metadata"):
+        client.metadata(50.0, 10.0)

@@ -370,7 +370,7 @@ class StreetViewClient:
             try:
                 data = json.loads(r.body.decode("utf-8"))
                 status = str(data["status"])
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: JSON nested too deep
                 raise _Retry("undecodable metadata") from None
             if status in FATAL_STATUSES:
                 reason = self.redact(" ".join(str(data.get("error_message") or "").split()), SNIPPET_CHARS)

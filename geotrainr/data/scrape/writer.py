@@ -386,7 +386,7 @@ class DatasetStore:
                             places.append(validate_place(rec, FINAL_OUTCOMES))
                         else:
                             invalid += 1
-                    except (ValueError, InvalidAnswer):
+                    except (ValueError, RecursionError, InvalidAnswer):
                         invalid += 1
         return rows, places, torn, invalid
 
