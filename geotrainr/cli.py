@@ -100,7 +100,8 @@ def main(args: Sequence[str] | None = None) -> int:
     except GeotrainrError as e:
         return _error(verb, str(e))
     except KeyboardInterrupt:
-        return _error(verb, "interrupted")
+        print(f"geotrainr {verb}: interrupted", file=sys.stderr)
+        return 130
 
 
 def entry() -> None:

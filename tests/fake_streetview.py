@@ -31,7 +31,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
 
 BASE_PATH = "/maps/api/streetview"
-FAULTS = ("ok", "429", "500", "503", "oql", "unknown", "slow", "truncated", "cut", "denied")
+FAULTS = ("ok", "429", "500", "503", "oql", "unknown", "slow", "truncated", "cut", "denied",
+          # hostile answers: a drip of one byte per drip_s, a huge body announced, wrong types and sizes
+          "drip", "huge", "int_date", "object_date", "long_pano", "gif", "bomb_png", "big_jpeg", "png", "html")
 
 
 class FakeStreetView:
@@ -49,6 +51,7 @@ class FakeStreetView:
         cell_deg: float = 0.001,
         denied_after: int | None = None,
         port: int = 0,
+        drip_s: float = 1.0,
     ):
         self.key = key
         self.secret = base64.urlsafe_b64decode(secret) if secret else None
@@ -63,6 +66,10 @@ class FakeStreetView:
         self.indoor_every = indoor_every
         self.cell_deg = cell_deg
         self.denied_after = denied_after
+        self.drip_s = drip_s
+        self.dripped = 0  # bytes sent by "drip" answers, all requests together
+        self.drips_started = 0
+        self.long_ids: set[str] = set()
         self.log: list[dict] = []
         self.counts = {"metadata": 0, "image": 0, "other": 0}
         self._lock = threading.Lock()
@@ -126,7 +133,14 @@ class FakeStreetView:
         }
 
     def pano_by_id(self, pano_id: str) -> bool:
-        return len(pano_id) == 22
+        return len(pano_id) == 22 or pano_id in self.long_ids
+
+    def long_pano_id(self, pano_id: str) -> str:
+        """A 300+ character id for the same panorama (the "long_pano" fault)."""
+        long_id = pano_id + "." + "x" * 300
+        with self._lock:
+            self.long_ids.add(long_id)
+        return long_id
 
     def jpeg(self, pano_id: str, heading: float, width: int, height: int, fov: float, pitch: float) -> bytes:
         """A real JPEG that differs by panorama and heading."""
@@ -191,6 +205,26 @@ class _Handler(BaseHTTPRequestHandler):
     def _send(self, status: int, body: bytes, ctype: str, fault: str = "ok", extra: dict | None = None) -> None:
         fake: FakeStreetView = self.server.fake  # type: ignore[attr-defined]
         try:
+            if fault == "drip":  # headers and body one byte at a time, forever as far as a client can tell
+                with fake._lock:
+                    fake.drips_started += 1
+                self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: " + ctype.encode() + b"\r\n")
+                self.wfile.flush()
+                for _ in range(100_000):
+                    self.wfile.write(b"X")
+                    self.wfile.flush()
+                    with fake._lock:
+                        fake.dripped += 1
+                    time.sleep(fake.drip_s)
+                return
+            if fault == "huge":  # 300 MB announced; a client that reads it all waits and swells
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(300_000_000))
+                self.end_headers()
+                for _ in range(300):
+                    self.wfile.write(b" " * 1_000_000)
+                return
             if fault == "slow":
                 time.sleep(fake.slow_s)
             self.send_response(status)
@@ -260,13 +294,20 @@ class _Handler(BaseHTTPRequestHandler):
             entry["status"] = "ZERO_RESULTS"
             return self._json({"status": "ZERO_RESULTS"}, fault)
         entry["status"] = "OK"
-        self._json({
+        answer = {
             "copyright": "© Google",
             "date": pano["date"],
             "location": {"lat": pano["lat"], "lng": pano["lng"]},
             "pano_id": pano["pano_id"],
             "status": "OK",
-        }, fault)
+        }
+        if fault == "int_date":
+            answer["date"] = 2015
+        elif fault == "object_date":
+            answer["date"] = {"year": 2015}
+        elif fault == "long_pano":
+            answer["pano_id"] = fake.long_pano_id(pano["pano_id"])
+        self._json(answer, fault)
 
     def _image(self, fake: FakeStreetView, params: dict, fault: str, denied: str | None, entry: dict) -> None:
         if denied:
@@ -304,7 +345,51 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(404 if params.get("return_error_code") == "true" else 200,
                               fake.jpeg("none", 0, w, h, 90, 0), "image/jpeg")
         entry["status"] = 200
+        if fault in ("gif", "bomb_png", "big_jpeg", "png", "html"):
+            body, ctype = hostile_image(fault, fake.jpeg(pano_id, heading, w, h, fov, pitch))
+            return self._send(200, body, ctype)
         self._send(200, fake.jpeg(pano_id, heading, w, h, fov, pitch), "image/jpeg", fault)
+
+
+_BIG_JPEG: list[bytes] = []
+
+
+def hostile_image(kind: str, jpeg: bytes) -> tuple[bytes, str]:
+    """An image answer a careless server could send instead of ``jpeg`` (body, content type)."""
+    from PIL import Image
+
+    if kind == "html":
+        return b"<html><body>Sorry, something went wrong</body></html>", "text/html"
+    if kind == "bomb_png":  # 13000 x 13000 = 169 megapixels in a few hundred bytes
+        return png_header_only(13000, 13000), "image/png"
+    with Image.open(io.BytesIO(jpeg)) as im:
+        im = im.convert("RGB")
+    buf = io.BytesIO()
+    if kind == "gif":
+        frames = [im, im.point(lambda v: 255 - v)]
+        frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+        return buf.getvalue(), "image/jpeg"  # a GIF under an image/jpeg label
+    if kind == "png":
+        im.save(buf, "PNG")
+        return buf.getvalue(), "image/png"
+    if not _BIG_JPEG:  # "big_jpeg": 4000 x 3000 whatever size was asked
+        Image.new("RGB", (4000, 3000), (90, 120, 150)).save(buf, "JPEG", quality=50)
+        _BIG_JPEG.append(buf.getvalue())
+    return _BIG_JPEG[0], "image/jpeg"
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header announces ``width`` x ``height`` (an image too large to decode safely)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    row = b"\0" + b"\0" * width
+    idat = zlib.compress(row * 4, 9)  # a few rows only: enough for a header check, not for a decode
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def main() -> None:

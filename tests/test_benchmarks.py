@@ -53,3 +53,9 @@ def test_fit_quick(tmp_path, demo_index):
     figures = run_quick("fit", tmp_path)
     assert figures["fit_images_per_s"] > 0 and figures["plain_images_per_s"] > 0 and figures["ratio"] > 0
     assert any((tmp_path / "work" / "fit").glob("*/runs/country"))  # run folders land in the workdir, not the repository
+
+
+def test_scrape_durability_quick(tmp_path):
+    figures = run_quick("scrape_durability", tmp_path)
+    assert {"store_fsync", "store_no_fsync", "scrape_fsync", "scrape_no_fsync", "resume_check"} <= set(figures)
+    assert all(v > 0 for v in figures.values())

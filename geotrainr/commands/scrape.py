@@ -36,7 +36,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
             "example:\n"
             f"  {prog} --countries europe --per-country 30 --headings 0,90,180,270 --out data/sv --max-requests 5000\n\n"
             "exit status: 0 done or budget reached (run again to continue), 1 some places failed after\n"
-            "retries (run again to retry them), 2 bad input or a request the API refused.\n"
+            "retries (run again to retry them), 2 bad input or a request the API refused, 130 Ctrl-C\n"
+            "(the first one finishes the requests in flight and writes the index, a second quits at once).\n"
             "See docs/collecting.md for keys, costs and Google's terms."
         ),
     )
@@ -74,7 +75,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     g.add_argument("--chromedriver", metavar="PATH", default=CHROMEDRIVER, help=f"chromedriver for --backend selenium (default {CHROMEDRIVER})")
     g.add_argument("--workers", metavar="N", type=int, default=4, help="concurrent requests (default 4)")
     g.add_argument("--rate", metavar="PER_S", type=float, default=20.0, help="at most this many requests per second, 0 = no limit (default 20)")
-    g.add_argument("--timeout", metavar="S", type=float, default=20.0, help="seconds per request (default 20)")
+    g.add_argument("--timeout", metavar="S", type=float, default=20.0,
+                   help="deadline per request in seconds, connect and whole answer together (default 20)")
     g.add_argument("--retries", metavar="N", type=int, default=6,
                    help="tries per request on temporary errors (429, 5xx, OVER_QUERY_LIMIT, timeouts, bad images; default 6)")
     g.add_argument("--backoff", metavar="S", type=float, default=0.5, help="first retry delay in seconds, doubled each time, with jitter (default 0.5)")
@@ -97,6 +99,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     g.add_argument("--val", metavar="FRAC", type=float, default=0.2, help="validation fraction (default 0.2)")
     g.add_argument("--test", metavar="FRAC", type=float, default=0.0, help="test fraction (default 0)")
     g.add_argument("--block-km", metavar="KM", type=float, default=50.0, help="cell size of --split block in km (default 50)")
+    g.add_argument("--force-settings", action="store_true",
+                   help="resume although state/settings.json is unreadable or missing: record this run's image settings "
+                        "(images of another size are fetched again)")
     g.add_argument("--shard-rows", metavar="N", type=int, default=500, help="rows per parquet shard written while collecting (default 500)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -144,6 +149,7 @@ def config_from_args(args: argparse.Namespace) -> ScrapeConfig:
         test=args.test,
         block_km=args.block_km,
         progress=not args.quiet,
+        force_settings=args.force_settings,
     )
 
 

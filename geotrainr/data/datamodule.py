@@ -16,6 +16,11 @@ from geotrainr.countries import get_country
 from geotrainr.data.dataset import GeoDataset, collate_skip
 from geotrainr.preprocess import Preprocessing, build_transform
 from geotrainr.data.index import IndexValidationError, assign_splits, index_root, read_index, validate_index
+from geotrainr.errors import GeotrainrError
+
+
+class UnreadableImagesError(GeotrainrError):
+    """Too many images of a split could not be read: a result from the rest would be misleading."""
 
 
 def resolve_index(index: str | os.PathLike) -> Path:
@@ -44,6 +49,9 @@ class GeoDataModule(L.LightningDataModule):
         augment: random resized crop and colour jitter for training.
         hflip: random horizontal flips. Off by default: they swap the driving side.
         strict: raise on an unreadable image instead of skipping and counting it.
+        max_unreadable: largest fraction of a split's images that may be unreadable (skipped) in an
+            epoch; above it ``fit``/``validate``/``test`` stop with one line (exit 2) instead of
+            reporting or checkpointing a model trained or scored on what little was left.
         draft_decode: let the JPEG decoder downscale large images while decoding, as the model's
             preprocessing says (``Preprocessing.draft``); False decodes at full size.
         predict_split: rows that ``predict`` runs on (train, val, test or all).
@@ -60,11 +68,14 @@ class GeoDataModule(L.LightningDataModule):
         augment: bool = True,
         hflip: bool = False,
         strict: bool = False,
+        max_unreadable: float = 0.5,
         draft_decode: bool = True,
         predict_split: str = "val",
         seed: int = 0,
     ):
         super().__init__()
+        if not 0.0 <= max_unreadable <= 1.0:
+            raise IndexValidationError(f"max_unreadable {max_unreadable!r}: must be a fraction in [0, 1]")
         self.save_hyperparameters(ignore=["countries"])  # the model logs the resolved class list
         self.index_path = resolve_index(index)
         self.root = index_root(self.index_path)
@@ -82,6 +93,7 @@ class GeoDataModule(L.LightningDataModule):
         self.frames: dict[str, object] = {}
         self.skipped = {"train": 0, "val": 0, "test": 0, "predict": 0}
         self.has_test_split = self._has_split and bool((meta["split"] == "test").any())
+        self.seen = {"train": 0, "val": 0, "test": 0, "predict": 0}  # images tried, skipped ones included
 
     # --- configuration -----------------------------------------------------
 
@@ -155,14 +167,37 @@ class GeoDataModule(L.LightningDataModule):
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         skipped = batch.pop("skipped", 0) if isinstance(batch, dict) else 0
-        if skipped and self.trainer is not None:
+        if self.trainer is not None and isinstance(batch, dict):
             stage = self.trainer.state.stage.value if self.trainer.state.stage else "train"
             stage = {"validate": "val", "sanity_check": "val"}.get(stage, stage)
-            self.skipped[stage if stage in self.skipped else "train"] += int(skipped)
+            stage = stage if stage in self.skipped else "train"
+            self.skipped[stage] += int(skipped)
+            self.seen[stage] += int(skipped) + (len(batch["image"]) if "image" in batch else 0)
         return batch
 
+    def check_unreadable(self, stage: str) -> None:
+        """Raise :class:`UnreadableImagesError` when more than ``max_unreadable`` of ``stage``'s images failed."""
+        seen, skipped = self.seen[stage], self.skipped[stage]
+        limit = self.hparams.max_unreadable
+        if seen and skipped / seen > limit:
+            raise UnreadableImagesError(
+                f"{self.index_path}: {skipped} of {seen} {stage} images ({skipped / seen:.0%}) could not be read, "
+                f"more than max_unreadable = {limit:g}; fix or re-collect the images (geotrainr index --check-images "
+                "lists them), or raise --data.max_unreadable"
+            )
+
     def pop_skipped(self, stage: str) -> int:
-        n, self.skipped[stage] = self.skipped[stage], 0
+        """Unreadable images of ``stage`` since the last call (the task logs them at each epoch end).
+
+        Also the point where hopeless data stops the run: ``stage`` is checked
+        against ``max_unreadable``, and at the end of validation the training
+        images of the epoch are checked too, because the last checkpoint is
+        written right after validation and before the training epoch ends.
+        """
+        self.check_unreadable(stage)
+        if stage == "val":
+            self.check_unreadable("train")
+        n, self.skipped[stage], self.seen[stage] = self.skipped[stage], 0, 0
         return n
 
     # --- what predict writes -------------------------------------------------

@@ -268,15 +268,24 @@ def _to_table(df: pd.DataFrame) -> pa.Table:
     return pa.Table.from_pandas(df.reset_index(drop=True), schema=pa.schema(schema_fields), preserve_index=False)
 
 
-def write_parquet_atomic(table: pa.Table, path: str | os.PathLike) -> Path:
-    """Write ``table`` to ``path`` through a temporary file in the same folder, then rename."""
+def write_parquet_atomic(table: pa.Table, path: str | os.PathLike, durable: bool = False) -> Path:
+    """Write ``table`` to ``path`` through a temporary file in the same folder, then rename.
+
+    ``durable``: flushed to the disk before the rename and the folder after it (survives a power cut).
+    """
+    from geotrainr.files import fsync_dir, fsync_file
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         pq.write_table(table, tmp, compression="zstd")
+        if durable:
+            fsync_file(tmp)
         os.replace(tmp, path)
+        if durable:
+            fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-import urllib.error
+import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,9 +28,11 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 from geotrainr import __version__
-from geotrainr.data.scrape.errors import BackendError, TransportError
+from geotrainr.data.scrape.errors import BackendError, ResponseTooLarge, TransportError
 
 USER_AGENT = f"geotrainr/{__version__} (+street view dataset collection)"
+#: Body limit of a request unless the caller gives one.
+DEFAULT_MAX_BYTES = 8 * 1024 * 1024
 CHROME_BINARY = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 CHROME_FLAGS = (
@@ -72,65 +74,156 @@ class Response:
 
 
 class Backend(Protocol):
-    """Fetches URLs; must be safe to call from several threads."""
+    """Fetches URLs; must be safe to call from several threads.
+
+    ``timeout`` is an overall deadline for the whole request (connect, headers
+    and body), not a per-read timeout; a body longer than ``max_bytes`` is
+    refused (:class:`ResponseTooLarge`) without reading it all.
+    """
 
     name: str
 
-    def get(self, url: str, timeout: float) -> Response: ...
+    def get(self, url: str, timeout: float, max_bytes: int = DEFAULT_MAX_BYTES) -> Response: ...
 
     def close(self) -> None: ...
 
 
+class _Watchdog:
+    """Shuts a connection's socket down at the request's deadline: unblocks any read, however slow the drip."""
+
+    def __init__(self, conn: http.client.HTTPConnection, seconds: float):
+        self.conn = conn
+        self.sock: socket.socket | None = None  # kept: http.client hands the socket to the response
+        self.fired = False
+        self._timer = threading.Timer(max(0.0, seconds), self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _fire(self) -> None:
+        self.fired = True
+        sock = self.sock or self.conn.sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
 class HttpBackend:
-    """urllib from the standard library: one connection per request, proxies from the environment."""
+    """http.client from the standard library: one connection per request, proxies from the environment.
+
+    Every request has one monotonic deadline over connect, headers and body: a
+    server that answers one byte a second is cut off at the deadline, and the
+    body is read in chunks up to ``max_bytes``.
+    """
 
     name = "http"
 
-    def __init__(self) -> None:
-        self._opener = urllib.request.build_opener()
+    def _connection(self, url: str, timeout: float) -> tuple[http.client.HTTPConnection, str]:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise TransportError("not an http(s) URL")
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        target = parts.path or "/"
+        if parts.query:
+            target += "?" + parts.query
+        proxy = None if urllib.request.proxy_bypass(parts.hostname) else urllib.request.getproxies().get(parts.scheme)
+        cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        if not proxy:
+            return cls(parts.hostname, port, timeout=timeout), target
+        p = urlsplit(proxy if "://" in proxy else "http://" + proxy)
+        if parts.scheme == "https":
+            conn = cls(p.hostname, p.port or 8080, timeout=timeout)
+            conn.set_tunnel(parts.hostname, port)
+            return conn, target
+        return http.client.HTTPConnection(p.hostname, p.port or 8080, timeout=timeout), f"http://{parts.netloc}{target}"
 
-    def get(self, url: str, timeout: float) -> Response:
-        request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, "Accept": "*/*"})
+    def get(self, url: str, timeout: float, max_bytes: int = DEFAULT_MAX_BYTES) -> Response:
+        deadline = time.monotonic() + timeout
+        conn, target = self._connection(url, timeout)
+        watchdog = _Watchdog(conn, timeout)
+        r: http.client.HTTPResponse | None = None
         try:
-            with self._opener.open(request, timeout=timeout) as r:
-                body = r.read()
-                return Response(r.status, body, {k.lower(): v for k, v in r.headers.items()})
-        except urllib.error.HTTPError as e:
-            try:
-                body = e.read()
-            except (OSError, http.client.HTTPException):
-                body = b""
-            return Response(e.code, body, {k.lower(): v for k, v in (e.headers or {}).items()})
-        except urllib.error.URLError as e:
-            reason = e.reason
-            if isinstance(reason, (socket.timeout, TimeoutError)):
-                raise TransportError("timed out", timeout=True) from None
-            raise TransportError(f"{type(reason).__name__}: {reason}") from None
+            conn.request("GET", target, headers={"User-Agent": USER_AGENT, "Accept": "*/*", "Connection": "close"})
+            sock = watchdog.sock = conn.sock
+            if watchdog.fired:
+                raise TransportError("timed out", timeout=True)
+            r = conn.getresponse()
+            headers = {k.lower(): v for k, v in r.getheaders()}
+            announced = headers.get("content-length", "")
+            if announced.isdigit() and int(announced) > max_bytes:
+                raise ResponseTooLarge(f"the server announced {int(announced)} bytes (at most {max_bytes} accepted)")
+            chunks, size = [], 0
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TransportError("timed out", timeout=True)
+                if sock is not None:
+                    sock.settimeout(left)
+                chunk = r.read1(min(65536, max_bytes + 1 - size)) if size <= max_bytes else b""
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > max_bytes:
+                    raise ResponseTooLarge(f"the body is longer than {max_bytes} bytes")
+            if watchdog.fired or time.monotonic() > deadline:
+                raise TransportError("timed out", timeout=True)
+            return Response(r.status, b"".join(chunks), headers)
+        except (ResponseTooLarge, TransportError):
+            raise
         except (socket.timeout, TimeoutError):
             raise TransportError("timed out", timeout=True) from None
         except http.client.IncompleteRead as e:
+            if watchdog.fired:
+                raise TransportError("timed out", timeout=True) from None
             raise TransportError(f"body cut off after {len(e.partial)} bytes") from None
-        except (http.client.HTTPException, OSError) as e:
+        except (http.client.HTTPException, OSError, ValueError) as e:
+            if watchdog.fired:
+                raise TransportError("timed out", timeout=True) from None
             raise TransportError(f"{type(e).__name__}: {e}") from None
+        finally:
+            watchdog.cancel()
+            if r is not None:
+                r.close()
+            conn.close()
+            if watchdog.sock is not None:
+                watchdog.sock.close()
 
     def close(self) -> None:
         pass
 
 
 _FETCH_SCRIPT = """
-const url = arguments[0], ms = arguments[1], done = arguments[arguments.length - 1];
+const url = arguments[0], ms = arguments[1], maxBytes = arguments[2], done = arguments[arguments.length - 1];
 const ctrl = new AbortController();
 const timer = setTimeout(() => ctrl.abort(), ms);
 fetch(url, {signal: ctrl.signal, cache: "no-store", credentials: "omit"})
   .then(async (r) => {
-    const buf = new Uint8Array(await r.arrayBuffer());
-    clearTimeout(timer);
-    let bin = "";
-    for (let i = 0; i < buf.length; i += 0x8000) {
-      bin += String.fromCharCode.apply(null, buf.subarray(i, i + 0x8000));
-    }
     const headers = {};
     r.headers.forEach((v, k) => { headers[k.toLowerCase()] = v; });
+    const announced = parseInt(headers["content-length"] || "0", 10);
+    if (announced > maxBytes) { ctrl.abort(); clearTimeout(timer); done({error: "TooLarge", tooLarge: true}); return; }
+    const reader = r.body ? r.body.getReader() : null;
+    const parts = [];
+    let size = 0;
+    while (reader) {
+      const {done: end, value} = await reader.read();
+      if (end) break;
+      size += value.length;
+      if (size > maxBytes) { ctrl.abort(); clearTimeout(timer); done({error: "TooLarge", tooLarge: true}); return; }
+      parts.push(value);
+    }
+    clearTimeout(timer);
+    let bin = "";
+    for (const buf of parts) {
+      for (let i = 0; i < buf.length; i += 0x8000) {
+        bin += String.fromCharCode.apply(null, buf.subarray(i, i + 0x8000));
+      }
+    }
     done({status: r.status, headers: headers, body: btoa(bin)});
   })
   .catch((e) => {
@@ -183,7 +276,7 @@ class _Browser:
         self.origin: str | None = None
         self.script_timeout: float | None = None
 
-    def fetch(self, url: str, timeout: float) -> Response:
+    def fetch(self, url: str, timeout: float, max_bytes: int = DEFAULT_MAX_BYTES) -> Response:
         parts = urlsplit(url)
         origin = f"{parts.scheme}://{parts.netloc}"
         if origin != self.origin:
@@ -194,9 +287,11 @@ class _Browser:
         if self.script_timeout != timeout:
             self.driver.set_script_timeout(timeout + 10.0)
             self.script_timeout = timeout
-        result = self.driver.execute_async_script(_FETCH_SCRIPT, url, int(timeout * 1000))
+        result = self.driver.execute_async_script(_FETCH_SCRIPT, url, int(timeout * 1000), int(max_bytes))
         if not isinstance(result, dict):
             raise TransportError("the browser returned no result")
+        if result.get("tooLarge"):
+            raise ResponseTooLarge(f"the body is longer than {max_bytes} bytes")
         if "error" in result:
             raise TransportError("timed out" if result.get("timeout") else f"browser fetch failed ({result['error']})",
                                  timeout=bool(result.get("timeout")))
@@ -262,13 +357,13 @@ class SeleniumBackend:
         """Start one browser now, so that a broken installation fails before any request."""
         self._idle.put(self._acquire())
 
-    def get(self, url: str, timeout: float) -> Response:
+    def get(self, url: str, timeout: float, max_bytes: int = DEFAULT_MAX_BYTES) -> Response:
         from selenium.common.exceptions import TimeoutException, WebDriverException
 
         browser = self._acquire()
         healthy = True
         try:
-            return browser.fetch(url, timeout)
+            return browser.fetch(url, timeout, max_bytes)
         except TimeoutException:
             browser.origin = None
             raise TransportError("timed out", timeout=True) from None

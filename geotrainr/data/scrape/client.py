@@ -16,7 +16,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import io
 import json
 import os
 import random
@@ -30,13 +29,17 @@ from urllib.parse import urlencode, urlsplit
 from geotrainr.data.scrape.backends import Backend, Response
 from geotrainr.data.scrape.errors import (
     BudgetReached,
+    InvalidAnswer,
     RequestDeniedError,
+    ResponseTooLarge,
     RetriesExhaustedError,
     ScrapeError,
     Stopped,
+    TornImage,
     TransportError,
     redact,
 )
+from geotrainr.data.scrape.records import Panorama, normalise_image, panorama_from_metadata
 
 GOOGLE_API_URL = "https://maps.googleapis.com/maps/api/streetview"
 KEY_ENV = "GOOGLE_MAPS_API_KEY"
@@ -49,6 +52,12 @@ SOURCES = ("outdoor", "default")
 MISS_STATUSES = {"ZERO_RESULTS", "NOT_FOUND"}
 TRANSIENT_STATUSES = {"OVER_QUERY_LIMIT", "UNKNOWN_ERROR"}
 FATAL_STATUSES = {"REQUEST_DENIED", "INVALID_REQUEST"}
+
+#: Byte limits per answer: metadata is a few hundred bytes, a 640x640 image well under a megabyte.
+MAX_METADATA_BYTES = 256 * 1024
+MAX_IMAGE_BYTES = 8 * 1024 * 1024
+#: Characters of a server's error text shown in a message (after redaction).
+SNIPPET_CHARS = 200
 
 
 class Credentials:
@@ -229,17 +238,6 @@ class RateLimiter:
                 time.sleep(slot - now)
 
 
-@dataclass(frozen=True)
-class Panorama:
-    """What the metadata says about the panorama nearest to a location."""
-
-    pano_id: str
-    lat: float
-    lon: float
-    date: str | None
-    copyright: str | None
-
-
 class _Retry(Exception):
     def __init__(self, reason: str, retry_after: float | None = None):
         super().__init__(reason)
@@ -253,20 +251,6 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
         return float(value) if value is not None else None
     except ValueError:
         return None
-
-
-def check_image(body: bytes) -> tuple[int, int]:
-    """Decode ``body`` completely; raise ValueError for a truncated or undecodable image."""
-    from PIL import Image
-
-    if body[:2] == b"\xff\xd8" and not body.rstrip(b"\0").endswith(b"\xff\xd9"):
-        raise ValueError("JPEG without end marker (truncated)")
-    try:
-        with Image.open(io.BytesIO(body)) as im:
-            im.load()
-            return im.size
-    except Exception as e:  # noqa: BLE001 - any decoder failure means a bad download
-        raise ValueError(f"undecodable image ({type(e).__name__})") from None
 
 
 class StreetViewClient:
@@ -324,12 +308,15 @@ class StreetViewClient:
             },
         )
 
-    def redact(self, text: str) -> str:
-        return redact(text, self.credentials.secrets())
+    def redact(self, text: str, limit: int | None = None) -> str:
+        """``text`` without the key or the signing secret, then cut to ``limit`` characters."""
+        return redact(text, self.credentials.secrets(), limit)
 
     # --- requests ------------------------------------------------------------
 
     def _send(self, kind: str, url: str, interpret: Callable[[Response], object]) -> object:
+        """Send with retries; a temporary failure is retried, :class:`InvalidAnswer` fails the place at once."""
+        limit = MAX_IMAGE_BYTES if kind == "image" else MAX_METADATA_BYTES
         for attempt in range(self.retry.attempts):
             if self.stop.is_set():
                 raise Stopped()
@@ -338,7 +325,12 @@ class StreetViewClient:
             if attempt:
                 self.budget.count_retry()
             try:
-                return interpret(self.backend.get(url, self.retry.timeout))
+                return interpret(self.backend.get(url, self.retry.timeout, max_bytes=limit))
+            except ResponseTooLarge as e:
+                # Same answer on every try (and an image is billed each time): fail the place now.
+                raise InvalidAnswer(f"{kind} answer refused: {self.redact(str(e), SNIPPET_CHARS)}") from None
+            except TornImage as e:
+                failure = _Retry(str(e))
             except RequestDeniedError:
                 self.stop.set()  # no other worker sends another request that cannot succeed
                 raise
@@ -364,7 +356,8 @@ class StreetViewClient:
         if r.status == 429 or r.status == 408 or r.status >= 500:
             raise _Retry(f"HTTP {r.status}", _retry_after(r.headers))
         if r.status != 200 and not (kind == "image" and r.status == 404):
-            snippet = r.body[:200].decode("utf-8", "replace").strip().replace("\n", " ")
+            # Redact the whole body first, then cut: a cut could split the key and hide it from redaction.
+            snippet = self.redact(" ".join(r.body.decode("utf-8", "replace").split()), SNIPPET_CHARS)
             raise self._fatal(kind, f"HTTP {r.status}" + (f" ({snippet})" if snippet else ""))
 
     def metadata(self, lat: float, lon: float) -> Panorama | None:
@@ -377,30 +370,26 @@ class StreetViewClient:
             try:
                 data = json.loads(r.body.decode("utf-8"))
                 status = str(data["status"])
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: JSON nested too deep
                 raise _Retry("undecodable metadata") from None
             if status in FATAL_STATUSES:
-                reason = data.get("error_message") or ""
+                reason = self.redact(" ".join(str(data.get("error_message") or "").split()), SNIPPET_CHARS)
                 raise self._fatal("metadata", status + (f" ({reason})" if reason else ""))
             if status in TRANSIENT_STATUSES:
                 raise _Retry(status)
             if status in MISS_STATUSES:
                 return None
             if status != "OK":
-                raise _Retry(f"unexpected status {status[:40]}")
+                raise _Retry(f"unexpected status {self.redact(status, 40)!r}")
             try:
-                loc = data["location"]
-                pano = Panorama(str(data["pano_id"]), float(loc["lat"]), float(loc["lng"]), data.get("date"), data.get("copyright"))
-            except (KeyError, TypeError, ValueError):
-                raise _Retry("incomplete metadata") from None
-            if not pano.pano_id or not (-90 <= pano.lat <= 90 and -180 <= pano.lon <= 180):
-                raise _Retry("incomplete metadata")
-            return pano
+                return panorama_from_metadata(data)
+            except InvalidAnswer as e:
+                raise InvalidAnswer(f"metadata refused: {self.redact(str(e), SNIPPET_CHARS)}") from None
 
         return self._send("metadata", self.metadata_url(lat, lon), interpret)  # type: ignore[return-value]
 
     def image(self, pano_id: str, heading: float) -> bytes | None:
-        """Encoded image bytes of one view (fully decoded once as a check), or None on HTTP 404."""
+        """A JPEG of the asked size for one view (see :func:`normalise_image`), or None on HTTP 404."""
 
         def interpret(r: Response) -> bytes | None:
             self._common_http("image", r)
@@ -408,11 +397,10 @@ class StreetViewClient:
                 return None
             ctype = r.headers.get("content-type", "")
             if ctype and not ctype.startswith("image/"):
-                raise _Retry(f"not an image ({ctype[:40]})")
+                raise InvalidAnswer(f"not an image ({self.redact(ctype, 40)})")
             try:
-                check_image(r.body)
-            except ValueError as e:
-                raise _Retry(str(e)) from None
-            return r.body
+                return normalise_image(r.body, self.spec.width, self.spec.height)
+            except InvalidAnswer as e:
+                raise type(e)(f"image refused: {self.redact(str(e), SNIPPET_CHARS)}") from None
 
         return self._send("image", self.image_url(pano_id, heading), interpret)  # type: ignore[return-value]

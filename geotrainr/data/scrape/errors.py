@@ -37,6 +37,18 @@ class TransportError(Exception):
         self.timeout = timeout
 
 
+class ResponseTooLarge(TransportError):
+    """The body is longer than the request's byte limit (announced or counted while reading)."""
+
+
+class InvalidAnswer(Exception):
+    """A server answer or a record that fails validation: the place fails (counted) and is retried later."""
+
+
+class TornImage(InvalidAnswer):
+    """An image body that is cut off or does not decode: worth another try."""
+
+
 class BudgetReached(Exception):
     """Control flow: the request budget of this run is spent."""
 
@@ -45,10 +57,18 @@ class Stopped(Exception):
     """Control flow: the run is stopping (fatal error elsewhere, interrupt)."""
 
 
-def redact(text: object, secrets: tuple[str, ...] = ()) -> str:
-    """``text`` with ``key=``, ``signature=`` and ``client=`` values and any literal secret removed."""
-    out = _SECRET_PARAM.sub(lambda m: f"{m.group(1)}=REDACTED", str(text))
+def redact(text: object, secrets: tuple[str, ...] = (), limit: int | None = None) -> str:
+    """``text`` with ``key=``, ``signature=`` and ``client=`` values and any literal secret removed.
+
+    ``limit`` shortens the result to that many characters, always after the
+    redaction: cutting first could split a secret and leave its first
+    characters unrecognised.
+    """
+    out = str(text)
     for s in secrets:
         if s:
             out = out.replace(s, "REDACTED")
+    out = _SECRET_PARAM.sub(lambda m: f"{m.group(1)}=REDACTED", out)
+    if limit is not None and len(out) > limit:
+        out = out[:limit] + "..."
     return out

@@ -10,6 +10,7 @@ record, and a stopped place is picked up again by the next run.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 import time
@@ -25,13 +26,13 @@ from geotrainr.data.scrape.client import (
     Budget,
     Credentials,
     ImageSpec,
-    Panorama,
     RateLimiter,
     RetryPolicy,
     StreetViewClient,
 )
 from geotrainr.data.scrape.errors import (
     BudgetReached,
+    InvalidAnswer,
     RequestDeniedError,
     RetriesExhaustedError,
     ScrapeError,
@@ -39,10 +40,13 @@ from geotrainr.data.scrape.errors import (
     redact,
 )
 from geotrainr.data.scrape.places import Place, count_by_country, load_places, sample_places
+from geotrainr.data.scrape.records import Panorama
 from geotrainr.data.scrape.writer import FINAL_OUTCOMES, DatasetStore, Loaded, image_name
 
 SOURCE_LABEL = "streetview"
 MAX_FAILURE_WARNINGS = 10
+#: Exit status after Ctrl-C (128 + SIGINT), as shells report it.
+EXIT_INTERRUPTED = 130
 
 
 @dataclass
@@ -80,6 +84,7 @@ class ScrapeConfig:
     block_km: float = 50.0
     progress: bool = True
     max_consecutive_failures: int = 20
+    force_settings: bool = False
 
     def validate(self) -> None:
         self.spec.validate()
@@ -129,6 +134,8 @@ class Stats:
     images: int = 0
     rows_total: int = 0
     budget_reached: str | None = None
+    repaired: int = 0
+    skipped_lines: int = 0
     index_path: Path | None = None
     split_counts: dict[str, int] = field(default_factory=dict)
     exit_code: int = 0
@@ -204,6 +211,28 @@ class Scraper:
         self._fatal: BaseException | None = None
         self._interrupted = False
 
+    # --- Ctrl-C ----------------------------------------------------------------
+
+    def _on_sigint(self, signum: int, frame: object) -> None:
+        """First Ctrl-C: stop handing out work, let requests in flight end (within --timeout), write, summarise.
+
+        Second Ctrl-C: exit at once. Everything on record is already on the
+        disk (atomic, fsynced), so the next run resumes cleanly either way.
+        """
+        if self._interrupted:
+            _write_stderr("\ninterrupted again: exiting now; run the same command again to continue\n")
+            os._exit(EXIT_INTERRUPTED)
+        self._interrupted = True
+        self.stop.set()
+        _write_stderr(f"\ninterrupted: finishing the requests in flight (at most {self.cfg.retry.timeout:g} s), "
+                      "then writing the index; Ctrl-C again to quit at once\n")
+
+    def _install_sigint(self):
+        """Our SIGINT handler while the run writes (main thread only); returns the one to restore."""
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        return signal.signal(signal.SIGINT, self._on_sigint)
+
     # --- output --------------------------------------------------------------
 
     def say(self, text: str = "") -> None:
@@ -272,21 +301,36 @@ class Scraper:
             self.say("dry run: no request sent, nothing written")
             return self.stats
         assert credentials is not None
+        previous = self._install_sigint()
+        try:
+            return self._run(planned, excluded, credentials, store)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+
+    def _run(self, planned: list[Place], excluded: set[str], credentials: Credentials, store: DatasetStore) -> Stats:
+        cfg = self.cfg
         store.open_for_writing()
         try:
-            store.check_settings(cfg.settings())
-            loaded = store.load()
+            store.check_settings(cfg.settings(), force=cfg.force_settings)
+            loaded = store.load(size=(cfg.spec.width, cfg.spec.height))
             store.flush(carry_old=True)  # journals of a killed run become a shard now
         except BaseException:
             store.close()
             raise
         if loaded.torn_lines:
             self.warn(f"{loaded.torn_lines} journal line(s) cut off by an earlier kill: that work is redone")
+        if loaded.invalid_lines:
+            self.warn(f"{loaded.invalid_lines} journal line(s) unreadable or invalid: skipped, their places are redone")
         if loaded.missing_images:
             self.warn(f"{loaded.missing_images} recorded image(s) are missing on disk: they are fetched again")
+        if loaded.bad_images:
+            self.warn(f"{loaded.bad_images} recorded image(s) are damaged or of another size: they are fetched again")
+        self.stats.repaired = loaded.missing_images + loaded.bad_images
+        self.stats.skipped_lines = loaded.torn_lines + loaded.invalid_lines
         try:
             todo = self._announce(planned, loaded, excluded)
-            if todo:
+            if todo and not self.stop.is_set():
                 self._collect(todo, credentials, store, loaded, excluded)
         finally:
             try:
@@ -341,6 +385,8 @@ class Scraper:
             with ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="scrape") as pool:
                 try:
                     while True:
+                        if self.stop.is_set() and self._interrupted:
+                            stopping = True  # Ctrl-C: no new work
                         while not stopping and len(inflight) < 2 * cfg.workers:
                             place = next(places, None)
                             if place is None:
@@ -361,7 +407,7 @@ class Scraper:
                                 if not stopping:
                                     self.stats.budget_reached = self.budget.reached
                                 stopping = True
-                            elif res.outcome == "denied":
+                            elif res.outcome in ("denied", "fatal"):
                                 fatal = fatal or res.fatal
                                 stopping = True
                                 self.stop.set()
@@ -395,7 +441,7 @@ class Scraper:
                         )
                 except BaseException as e:
                     # Ctrl-C or a bug: let the workers stop, keep what they finished.
-                    self._interrupted = isinstance(e, KeyboardInterrupt)
+                    self._interrupted = self._interrupted or isinstance(e, KeyboardInterrupt)
                     self.stop.set()
                     for fut in inflight:
                         fut.cancel()
@@ -439,7 +485,8 @@ class Scraper:
                 data = client.image(pano.pano_id, heading)
                 if data is None:  # HTTP 404 for this view
                     continue
-                path = store.write_image(image_name(pano.pano_id, heading, data), data)
+                # The image is paid for: on disk before anything else can fail (no second bill on a rerun).
+                path = store.write_image(image_name(pano.pano_id, heading), data)
                 row = {
                     "image_path": path, "lat": pano.lat, "lon": pano.lon, "country": place.country,
                     "pano_id": pano.pano_id, "heading": heading, "pitch": float(self.cfg.spec.pitch),
@@ -460,6 +507,10 @@ class Scraper:
             res.outcome, res.fatal, res.error = "denied", e, str(e)
         except RetriesExhaustedError as e:
             res.outcome, res.error = "failed", str(e)
+        except InvalidAnswer as e:
+            res.outcome, res.error = "failed", redact(str(e), client.credentials.secrets())
+        except ScrapeError as e:  # a local failure (disk full): stop the run, no more billed requests
+            res.outcome, res.fatal, res.error = "fatal", e, str(e)
         except Exception as e:  # noqa: BLE001 - one bad place must not end the run; the message is redacted
             res.outcome, res.error = "failed", redact(f"{type(e).__name__}: {e}", client.credentials.secrets())
         finally:
@@ -471,13 +522,18 @@ class Scraper:
         """Journal a place's outcome once it is finished (its rows are on record already)."""
         self.stats.images += len(res.rows)
         if res.outcome in FINAL_OUTCOMES:
-            store.record_place(res.place.place_id, res.outcome, res.pano.pano_id if res.pano else None, res.place.country)
+            try:
+                store.record_place(res.place.place_id, res.outcome, res.pano.pano_id if res.pano else None,
+                                   res.place.country)
+            except InvalidAnswer as e:  # never journaled: the place counts as failed and is tried again
+                res.outcome, res.error = "failed", str(e)
+                return
             attr = {"hit": "hits", "miss": "misses", "duplicate": "duplicates", "excluded": "excluded"}[res.outcome]
             setattr(self.stats, attr, getattr(self.stats, attr) + 1)
 
     def _finish(self, store: DatasetStore) -> None:
         cfg, st = self.cfg, self.stats
-        loaded = store.load()
+        loaded = store.load(size=(cfg.spec.width, cfg.spec.height))
         st.rows_total = len(loaded.rows)
         if len(loaded.rows):
             st.index_path = store.write_final_index(loaded.rows, cfg.split, cfg.val, cfg.test, cfg.seed, cfg.block_km)
@@ -493,6 +549,9 @@ class Scraper:
                  f"{st.excluded} excluded, {st.failed} failed; {planned_done} of {st.places_planned} planned places done")
         self.say(f"requests: {self.budget.images} image (billable, = {_money(self.budget.images, cfg.price_per_1000)}), "
                  f"{self.budget.metadata} metadata (free), {retries} retries")
+        if st.repaired or st.skipped_lines:
+            self.say(f"resume: {st.repaired} recorded image(s) missing or damaged and fetched again, "
+                     f"{st.skipped_lines} journal line(s) skipped (their places redone)")
         if st.index_path is not None:
             splits = ", ".join(f"{k} {v}" for k, v in st.split_counts.items())
             self.say(f"index: {st.index_path} ({st.rows_total} images, {st.images} new in this run; {splits})")
@@ -502,6 +561,7 @@ class Scraper:
             raise self._fatal
         if self._interrupted:
             self.say(f"interrupted: {left} places left; run the same command again to continue")
+            st.exit_code = EXIT_INTERRUPTED
         elif st.budget_reached:
             what = "--max-requests" if st.budget_reached == "image" else "--max-metadata"
             self.say(f"budget reached ({what}): {left} places left; run the same command again to continue")
@@ -511,6 +571,14 @@ class Scraper:
             st.exit_code = 1
         else:
             self.say("complete")
+
+
+def _write_stderr(text: str) -> None:
+    """Write from a signal handler: straight to file descriptor 2, no buffered stream to re-enter."""
+    try:
+        os.write(2, text.encode())
+    except OSError:
+        pass
 
 
 def _empty_rows():

@@ -16,6 +16,14 @@ line is ignored on reading; shards are written atomically and the journal is
 deleted only after its shard exists. Reading merges shards and journals and
 drops repeats by (pano_id, heading) and by place id, so every crash point
 between those steps reads back as the same set of rows, none lost or doubled.
+
+Why it survives a power cut: every image, journal line, shard and the
+settings file is flushed to the disk (fsync, then the folder) before the
+step that depends on it, so the order above also holds on the disk. As a
+second line of defence, a resume checks every recorded image (present, not
+empty, whole, of the folder's size) and fetches a bad one again, and every
+journal line is validated again on reading: a line that fails is skipped,
+counted, and its place is collected again.
 """
 
 from __future__ import annotations
@@ -34,7 +42,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from geotrainr.data.index import SCHEMA, assign_splits, validate_index, write_index, write_parquet_atomic
-from geotrainr.data.scrape.errors import ScrapeError
+from geotrainr.data.scrape.errors import InvalidAnswer, ScrapeError
+from geotrainr.data.scrape.records import stored_image_ok, validate_place, validate_row
+from geotrainr.files import fsync_dir, write_bytes_atomic, write_text_atomic
 
 ROW_COLUMNS = (
     "image_path", "lat", "lon", "country", "pano_id", "heading", "pitch", "fov", "capture_date", "place_id", "source",
@@ -49,13 +59,23 @@ _PLACE_SCHEMA = pa.schema([pa.field(c, pa.string()) for c in PLACE_COLUMNS])
 _SEQ = re.compile(r"^(?:part|places)-(\d+)\.parquet$")
 
 
-def image_name(pano_id: str, heading: float, data: bytes) -> str:
-    """File name of one view: ``<pano>_<heading>.jpg`` (other characters hashed away)."""
+#: Longest pano_id kept readable in a file name; longer ones are shortened and hashed.
+MAX_NAME_ID = 80
+
+
+def image_name(pano_id: str, heading: float) -> str:
+    """File name of one view: ``<pano>_<heading>.jpg`` (other characters hashed away, at most ~110 characters).
+
+    Every stored image is a JPEG (see ``records.normalise_image``). An id with
+    other characters, or longer than :data:`MAX_NAME_ID`, keeps a readable
+    prefix and gets a hash of the whole id, so that no id can exceed the
+    file system's name limit.
+    """
     safe = re.sub(r"[^A-Za-z0-9_-]", "_", pano_id)
-    if safe != pano_id:
-        safe += "-" + hashlib.sha1(pano_id.encode()).hexdigest()[:8]
-    ext = ".png" if data[:8] == b"\x89PNG\r\n\x1a\n" else ".jpg"
-    return f"{safe}_{heading:g}{ext}"
+    if safe != pano_id or len(safe) > MAX_NAME_ID:
+        digest = hashlib.sha1(pano_id.encode()).hexdigest()
+        safe = safe[:MAX_NAME_ID] + "-" + (digest[:8] if len(safe) <= MAX_NAME_ID else digest)
+    return f"{safe}_{heading:g}.jpg"
 
 
 @dataclass
@@ -65,7 +85,9 @@ class Loaded:
     rows: pd.DataFrame
     places: dict[str, tuple[str, str | None]] = field(default_factory=dict)  # place_id -> (outcome, pano_id)
     torn_lines: int = 0
+    invalid_lines: int = 0
     missing_images: int = 0
+    bad_images: int = 0
 
     def done_keys(self) -> set[tuple[str, float]]:
         return set(zip(self.rows["pano_id"], self.rows["heading"].astype(float)))
@@ -93,6 +115,7 @@ class DatasetStore:
         self._carry_places: list[dict] = []
         self._lock_file = None
         self._write_lock = threading.Lock()
+        self._checked: dict[str, tuple[int, int]] = {}  # image path -> (size, mtime) found whole in this process
         self.last_flush = time.monotonic()
 
     # --- opening -------------------------------------------------------------
@@ -101,7 +124,7 @@ class DatasetStore:
         """Create the folders, take the lock and remove leftovers of an interrupted run."""
         if self.out.exists() and not self.out.is_dir():
             raise ScrapeError(f"--out {self.out}: exists and is not a folder")
-        if self.out.is_dir() and not (self.state / "settings.json").exists():
+        if self.out.is_dir() and not (self.state / "settings.json").exists() and not self._has_work():
             foreign = sorted(p.name for p in self.out.iterdir() if p.name not in ("images", "shards", "state"))
             if foreign:
                 # Never overwrite another dataset's index.parquet or mix with unrelated files.
@@ -130,32 +153,60 @@ class DatasetStore:
             for tmp in folder.glob(".*.tmp"):
                 tmp.unlink(missing_ok=True)
 
-    def check_settings(self, settings: dict, write: bool = True) -> None:
-        """Refuse to mix images of different settings in one folder; record them on first use."""
+    def check_settings(self, settings: dict, write: bool = True, force: bool = False) -> None:
+        """Refuse to mix images of different settings in one folder; record them on first use.
+
+        A settings file that cannot be read (empty, torn, not JSON) refuses the
+        run, as does a folder that holds collected work but no settings file:
+        guessing would mix image sizes. ``force`` (``--force-settings``)
+        records this run's settings instead; images of another size are then
+        found by the resume check and fetched again.
+        """
         path = self.state / "settings.json"
+        problem = None
         if path.exists():
             try:
                 old = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
+            except (OSError, UnicodeDecodeError, ValueError):
                 old = None
             if isinstance(old, dict):
                 diff = [k for k in settings if k in old and old[k] != settings[k]]
-                if diff:
+                if diff and not force:
                     k = diff[0]
                     raise ScrapeError(
                         f"{self.out} was collected with {k} = {old[k]!r}, this run asks for {settings[k]!r}: "
                         "use the same image settings to resume, or a new --out"
                     )
-                return
+                if not diff:
+                    return
+                problem = "holds other settings"
+            else:
+                problem = "cannot be read"
+        elif self._has_work():
+            problem = "is missing although the folder holds collected images"
+        if problem is not None and not force:
+            raise ScrapeError(
+                f"{path} {problem}: the image settings of this folder are unknown; give --force-settings to record "
+                "this run's settings (images of another size are then fetched again), or use a new --out"
+            )
         if write:
-            tmp = self.state / ".settings.json.tmp"
-            tmp.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-            os.replace(tmp, path)
+            write_text_atomic(path, json.dumps(settings, indent=2, sort_keys=True) + "\n", durable=True)
+
+    def _has_work(self) -> bool:
+        """Whether shards, journals or images of an earlier run exist."""
+        return any(
+            d.is_dir() and any(p for p in d.iterdir() if not p.name.startswith("."))
+            for d in (self.shards, self.images)
+        ) or (self.state.is_dir() and any(self.state.glob("journal-*.jsonl")))
 
     # --- reading -------------------------------------------------------------
 
-    def load(self) -> Loaded:
+    def load(self, size: tuple[int, int] | None = None) -> Loaded:
         """Merge shards, place files and journals; drop repeats and rows whose image is gone.
+
+        With ``size`` (width, height) every image is also checked (see
+        :func:`stored_image_ok`): an empty, cut-off or wrongly sized file
+        drops its row, so that its place is collected again.
 
         Records found only in the journals of earlier runs are kept aside for
         :meth:`flush` (``carry_old``), which moves them into a shard.
@@ -166,7 +217,7 @@ class DatasetStore:
         if self.state.is_dir():
             place_frames = [self._read_parquet(p) for p in sorted(self.state.glob("places-*.parquet"))]
         self._old_journals = sorted(self.state.glob("journal-*.jsonl")) if self.state.is_dir() else []
-        journal_rows, journal_places, torn = self._read_journals(self._old_journals)
+        journal_rows, journal_places, torn, invalid = self._read_journals(self._old_journals)
         n_shard_rows = sum(len(f) for f in row_frames)
         if journal_rows:
             row_frames.append(pd.DataFrame(journal_rows, columns=list(ROW_COLUMNS)))
@@ -180,8 +231,12 @@ class DatasetStore:
         rows = rows[keep.to_numpy()].reset_index(drop=True)
         exists = rows["image_path"].map(lambda p: isinstance(p, str) and (self.out / p).is_file()).astype(bool)
         missing = int((~exists).sum())
-        if missing:
-            rows = rows[exists.to_numpy()].reset_index(drop=True)
+        whole = exists
+        if size is not None:
+            whole = rows["image_path"].map(lambda p: isinstance(p, str) and self._image_ok(p, size)).astype(bool)
+        bad = int((exists & ~whole).sum())
+        if missing or bad:
+            rows = rows[whole.to_numpy()].reset_index(drop=True)
         places: dict[str, tuple[str, str | None]] = {}
         for frame in place_frames:
             for pid, outcome, pano in zip(frame["place_id"], frame["outcome"], frame["pano_id"]):
@@ -192,7 +247,22 @@ class DatasetStore:
             if pid not in places:
                 places[pid] = (str(rec.get("outcome")), rec.get("pano_id"))
                 self._carry_places.append(rec)
-        return Loaded(rows, places, torn, missing)
+        return Loaded(rows, places, torn, invalid, missing, bad)
+
+    def _image_ok(self, rel: str, size: tuple[int, int]) -> bool:
+        """:func:`stored_image_ok`, remembered per file version so that one run checks each image once."""
+        path = self.out / rel
+        try:
+            st = path.stat()
+        except OSError:
+            return False
+        stamp = (st.st_size, st.st_mtime_ns)
+        if self._checked.get(rel) == stamp:
+            return True
+        if stored_image_ok(path, *size) is not None:
+            return False
+        self._checked[rel] = stamp
+        return True
 
     @staticmethod
     def _read_parquet(path: Path) -> pd.DataFrame:
@@ -204,23 +274,34 @@ class DatasetStore:
     # --- writing -------------------------------------------------------------
 
     def write_image(self, name: str, data: bytes) -> str:
-        """Write one image atomically (temporary name, then rename); return its path relative to the folder."""
-        final = self.images / name
-        tmp = self.images / f".{name}.{os.getpid()}-{threading.get_ident()}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, final)
+        """Write one image atomically and durably; return its path relative to the folder.
+
+        A failure here is local (disk full, permissions): it stops the run
+        rather than failing place after place, each after a billed request.
+        """
+        try:
+            write_bytes_atomic(self.images / name, data, durable=True)
+        except OSError as e:
+            raise ScrapeError(f"{self.images}: cannot write an image ({e.strerror or type(e).__name__}); "
+                              "free space or fix the folder, then run the same command again") from None
         return f"images/{name}"
 
     def _append(self, record: dict) -> None:
-        if self._journal is None:
-            self._journal_path = self.state / f"journal-{time.time_ns()}-{os.getpid()}.jsonl"
-            self._journal = open(self._journal_path, "a", encoding="utf-8")
-        self._journal.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
-        self._journal.flush()  # in the OS page cache now: survives the death of this process
+        try:
+            if self._journal is None:
+                self._journal_path = self.state / f"journal-{time.time_ns()}-{os.getpid()}.jsonl"
+                self._journal = open(self._journal_path, "a", encoding="utf-8")
+                fsync_dir(self.state)
+            self._journal.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
+            self._journal.flush()  # in the OS page cache now: survives the death of this process
+            os.fsync(self._journal.fileno())  # on the disk: survives a power cut
+        except OSError as e:
+            raise ScrapeError(f"{self.state}: cannot write the journal ({e.strerror or type(e).__name__}); "
+                              "free space or fix the folder, then run the same command again") from None
 
     def record_row(self, row: dict) -> None:
-        """Journal one collected view (its image must already be in place)."""
+        """Journal one collected view (its image must already be in place); raises InvalidAnswer for a bad field."""
+        row = validate_row(row)
         with self._write_lock:
             self._append({"t": "row", **row})
             self._pending_rows.append(row)
@@ -229,7 +310,8 @@ class DatasetStore:
         """Journal that a place is finished."""
         if outcome not in FINAL_OUTCOMES:
             raise ValueError(f"not a final outcome: {outcome}")
-        rec = {"place_id": place_id, "outcome": outcome, "pano_id": pano_id, "country": country}
+        rec = validate_place({"place_id": place_id, "outcome": outcome, "pano_id": pano_id, "country": country},
+                             FINAL_OUTCOMES)
         with self._write_lock:
             self._append({"t": "place", **rec})
             self._pending_places.append(rec)
@@ -259,16 +341,18 @@ class DatasetStore:
             seq = self._next_seq()
             if rows:
                 table = pa.Table.from_pylist([{c: r.get(c) for c in ROW_COLUMNS} for r in rows], schema=_ROW_SCHEMA)
-                write_parquet_atomic(table, self.shards / f"part-{seq:06d}.parquet")
+                write_parquet_atomic(table, self.shards / f"part-{seq:06d}.parquet", durable=True)
             if places:
                 table = pa.Table.from_pylist([{c: p.get(c) for c in PLACE_COLUMNS} for p in places], schema=_PLACE_SCHEMA)
-                write_parquet_atomic(table, self.state / f"places-{seq:06d}.parquet")
+                write_parquet_atomic(table, self.state / f"places-{seq:06d}.parquet", durable=True)
             if self._journal is not None:
                 self._journal.close()
                 self._journal = None
                 self._journal_path = None
             for j in journals:
                 j.unlink(missing_ok=True)
+            if journals:
+                fsync_dir(self.state)
             if carry_old:
                 self._old_journals, self._carry_rows, self._carry_places = [], [], []
             self._pending_rows.clear()
@@ -276,25 +360,35 @@ class DatasetStore:
             self.last_flush = time.monotonic()
 
     @staticmethod
-    def _read_journals(paths: list[Path]) -> tuple[list[dict], list[dict], int]:
-        """Records of journal files; a line without its newline was cut off by a kill and is skipped."""
-        rows, places, torn = [], [], 0
+    def _read_journals(paths: list[Path]) -> tuple[list[dict], list[dict], int, int]:
+        """Records of journal files, each validated again.
+
+        A line without its newline was cut off by a kill (``torn``); a line
+        that does not parse or fails validation (``invalid``: NUL bytes after
+        a power cut, a record no longer valid) is skipped too, and its place
+        is collected again by this run.
+        """
+        rows, places, torn, invalid = [], [], 0, 0
         for p in paths:
             with open(p, "rb") as f:
                 for line in f:
-                    try:
-                        rec = json.loads(line) if line.endswith(b"\n") else None
-                    except ValueError:
-                        rec = None
-                    if not isinstance(rec, dict):
+                    if not line.endswith(b"\n"):
                         torn += 1
                         continue
-                    kind = rec.pop("t", None)
-                    if kind == "row":
-                        rows.append(rec)
-                    elif kind == "place":
-                        places.append(rec)
-        return rows, places, torn
+                    if not line.strip(b"\0\n"):
+                        continue  # NUL padding left by a power cut: no record
+                    try:
+                        rec = json.loads(line)
+                        kind = rec.pop("t", None) if isinstance(rec, dict) else None
+                        if kind == "row":
+                            rows.append(validate_row(rec))
+                        elif kind == "place":
+                            places.append(validate_place(rec, FINAL_OUTCOMES))
+                        else:
+                            invalid += 1
+                    except (ValueError, RecursionError, InvalidAnswer):
+                        invalid += 1
+        return rows, places, torn, invalid
 
     def close(self) -> None:
         if self._journal is not None:
