@@ -138,6 +138,19 @@ def spherical_mean(latlon, weights=None):
     return xyz_to_latlon(mean)
 
 
+def offset_latlon(lat, lon, north_km, east_km):
+    """The point ``north_km`` north and ``east_km`` east of (lat, lon), on the local tangent plane (small offsets).
+
+    Latitude is clamped to [-90, 90]; longitude is not wrapped.
+    """
+    xp = _xp(lat, lon, north_km, east_km)
+    lat = _f64(lat, xp)
+    coslat = xp.clip(xp.cos(xp.deg2rad(lat)), 1e-6, None)
+    new_lat = lat + xp.rad2deg(_f64(north_km, xp) / EARTH_RADIUS_KM)
+    new_lon = _f64(lon, xp) + xp.rad2deg(_f64(east_km, xp) / (EARTH_RADIUS_KM * coslat))
+    return xp.clip(new_lat, -90.0, 90.0), new_lon
+
+
 def km_per_degree_lat() -> float:
     """Length of one degree of latitude in km on the sphere of radius EARTH_RADIUS_KM."""
     return math.pi * EARTH_RADIUS_KM / 180.0

@@ -103,3 +103,9 @@ def test_numpy_and_torch_inputs_share_one_core():
     np.testing.assert_allclose(geo.geoscore(np.array([10.0])), geo.geoscore(torch.tensor([10.0])).numpy())
     chord = np.linalg.norm(geo.latlon_to_xyz(a) - geo.latlon_to_xyz(b), axis=-1)
     np.testing.assert_allclose(geo.chord_to_km(chord), geo.great_circle_error_km(a, b), rtol=1e-9, atol=1e-6)
+
+
+def test_offset_latlon_moves_by_the_asked_distance():
+    lat, lon = geo.offset_latlon(48.0, 11.0, 3.0, 4.0)
+    assert geo.haversine_km(48.0, 11.0, lat, lon) == pytest.approx(5.0, rel=1e-3)
+    assert geo.offset_latlon(89.99, 0.0, 10.0, 0.0)[0] == 90.0

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from geotrainr.errors import GeotrainrError
+from geotrainr.geo import offset_latlon
 
 #: Columns of a GeoNames dump line (readme.txt of download.geonames.org/export/dump).
 GEONAMES_COLUMNS = (
@@ -31,7 +32,6 @@ GEONAMES_COLUMNS = (
     "feature_code", "country_code", "cc2", "admin1_code", "admin2_code", "admin3_code", "admin4_code",
     "population", "elevation", "dem", "timezone", "modification_date",
 )
-EARTH_RADIUS_M = 6_371_000.0  # mean radius, as in geotrainr.geo
 
 
 class PlacesError(GeotrainrError):
@@ -202,11 +202,7 @@ def jitter(place: Place, radius_m: float, seed: int) -> Place:
     rng = _rng(seed, f"jitter:{place.place_id}")
     r = radius_m * math.sqrt(rng.random())
     theta = 2 * math.pi * rng.random()
-    dlat = math.degrees(r * math.cos(theta) / EARTH_RADIUS_M)
-    coslat = max(math.cos(math.radians(place.lat)), 1e-6)
-    dlon = math.degrees(r * math.sin(theta) / (EARTH_RADIUS_M * coslat))
-    lat = min(90.0, max(-90.0, place.lat + dlat))
-    lon = place.lon + dlon
+    lat, lon = (float(v) for v in offset_latlon(place.lat, place.lon, r * math.cos(theta) / 1000, r * math.sin(theta) / 1000))
     if lon > 180.0:
         lon -= 360.0
     elif lon < -180.0:
