@@ -95,6 +95,8 @@ def main(args: Sequence[str] | None = None) -> int:
         ns = parser.parse_args(rest)
     except SystemExit as e:  # argparse: --help (0) or a usage error (2)
         return int(e.code or 0)
+    except GeotrainrError as e:  # e.g. a --config file that cannot be read
+        return _error(verb, str(e))
     try:
         return int(module.run(ns) or 0)
     except GeotrainrError as e:

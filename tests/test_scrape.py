@@ -548,3 +548,27 @@ def test_selenium_backend_gives_identical_rows(tmp_path, capsys, monkeypatch, re
         df = check_dataset(out, fake)
     pd.testing.assert_frame_equal(sorted_frame(df, COMPARE + ["place_id"]), sorted_frame(reference, COMPARE + ["place_id"]))
     assert_no_secret(out, stdout, stderr)
+
+
+def test_config_file_holds_the_options_and_the_command_line_wins(tmp_path, capsys, monkeypatch):
+    """A run's settings in YAML (keys are the long options); flags on the command line override them."""
+    config = tmp_path / "scrape.yaml"
+    config.write_text(
+        f"geonames: {SAMPLE}\ncountries: {COUNTRIES}\nper_country: 5\nheadings: [{', '.join(f'{h:g}' for h in HEADINGS)}]\n"
+        f"size: 64x64\nout: {tmp_path / 'sv'}\ndry-run: true\nmax_requests: 40\nquiet: true\n"
+    )
+    with FakeStreetView(KEY) as fake:
+        rc, out, err = run_cli(["--config", str(config)], capsys, monkeypatch, key=None)
+        assert rc == 0 and fake.log == [], err
+        assert "caps this run at 40 image requests" in out
+        rc, out, err = run_cli(["--config", str(config), "--places", "100", "--max-requests", "20"], capsys, monkeypatch, key=None)
+        assert rc == 0 and fake.log == [], err  # --places replaces per_country (one of the two), 20 replaces 40
+        assert "at most 102 billable image requests" in out and "caps this run at 20 image requests" in out
+    assert not (tmp_path / "sv").exists()
+    for text, message in [("per_contry: 5\n", "unknown option 'per_contry'"), ("- a\n- b\n", "expected a mapping"),
+                          ("dry_run: maybe\n", "true or false"), ("x: [\n", "not a readable YAML file")]:
+        config.write_text(text)
+        rc, out, err = run_cli(["--config", str(config), "--out", str(tmp_path / "sv"), "--places", "1"], capsys, monkeypatch)
+        assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    rc, _, err = run_cli(["--config", str(tmp_path / "none.yaml")], capsys, monkeypatch)
+    assert rc == 2 and "no such file" in err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from geotrainr.commands.yaml_config import YamlConfigParser
 from geotrainr.countries import resolve_countries
 from geotrainr.data.scrape.backends import CHROME_BINARY, CHROMEDRIVER
 from geotrainr.data.scrape.client import GOOGLE_API_URL, KEY_ENV, SECRET_ENV, ImageSpec, RetryPolicy, parse_size
@@ -20,7 +21,7 @@ def _headings(text: str) -> list[float]:
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = YamlConfigParser(
         prog=prog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
@@ -34,7 +35,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
             f"  {KEY_ENV}             API key with the Street View Static API enabled\n"
             f"  {SECRET_ENV}  optional URL-signing secret (requests are then signed)\n\n"
             "example:\n"
-            f"  {prog} --countries europe --per-country 30 --headings 0,90,180,270 --out data/sv --max-requests 5000\n\n"
+            f"  {prog} --countries europe --per-country 30 --headings 0,90,180,270 --out data/sv --max-requests 5000\n"
+            f"  {prog} --config scrape.yaml --max-requests 100   (keys: per_country: 30, headings: [0, 90], ...)\n\n"
             "exit status: 0 done or budget reached (run again to continue), 1 some places failed after\n"
             "retries (run again to retry them), 2 bad input or a request the API refused, 130 Ctrl-C\n"
             "(the first one finishes the requests in flight and writes the index, a second quits at once).\n"
