@@ -13,7 +13,7 @@ from torchmetrics import Metric, MetricCollection
 from geotrainr import __version__
 from geotrainr.countries import centres, get_country
 from geotrainr.errors import GeotrainrError
-from geotrainr.models.backbone import LITE0_MODEL, LITE0_PYPI, create_backbone
+from geotrainr.models.backbone import AUTO_WEIGHTS, LITE0_MODEL, create_backbone
 
 STAGES = ("train", "val", "test")
 
@@ -36,9 +36,10 @@ class GeoTask(L.LightningModule):
 
     Args:
         countries: class list in class order (linked from the datamodule by the CLI).
-        backbone: any timm model name.
-        weights: ``lite0-pypi`` (offline ImageNet weights for tf_efficientnet_lite0), a local file, or None.
-        pretrained: timm hub weights (needs network access).
+        backbone: any timm model name, ``hf-hub:org/name`` or ``local-dir:PATH`` (see :mod:`geotrainr.models.backbone`).
+        weights: ``auto`` (offline ImageNet weights when the backbone is tf_efficientnet_lite0/1/2 and
+            ``pretrained`` is false), ``lite0-pypi``/``lite1-pypi``/``lite2-pypi``, a local file, or None.
+        pretrained: timm's hub weights (network access, or ``HF_HUB_OFFLINE=1`` with the local hub cache).
         freeze_backbone: train the head only.
         image_size: input size in pixels; default: the backbone's own.
         optimizer: adamw, adam or sgd.
@@ -67,7 +68,7 @@ class GeoTask(L.LightningModule):
         self,
         countries: list[str] | None = None,
         backbone: str = LITE0_MODEL,
-        weights: str | None = LITE0_PYPI,
+        weights: str | None = AUTO_WEIGHTS,
         pretrained: bool = False,
         freeze_backbone: bool = False,
         image_size: int | None = None,
