@@ -14,6 +14,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_only
 
+from geotrainr.config_files import resolve_config_args
 from geotrainr.errors import GeotrainrError
 from geotrainr.files import write_text_atomic
 from geotrainr.data.datamodule import GeoDataModule
@@ -174,6 +175,7 @@ def _user_error_in_chain(error: BaseException) -> GeotrainrError | None:
 def run_lightning(verb: str, args: list[str]) -> int:
     """Run one LightningCLI verb; returns the exit code."""
     torch.set_float32_matmul_precision("high")
+    args = resolve_config_args(args)  # --config country: a shipped config
     saved_argv = sys.argv
     sys.argv = [saved_argv[0], verb, *args]  # LightningCLI reads sys.argv (and warns when given both)
     try:
