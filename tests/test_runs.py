@@ -139,3 +139,17 @@ def test_wheel_install_runs_a_shipped_config_by_name(tmp_path):
     unknown = subprocess.run([str(env_dir / "bin" / "geotrainr"), "fit", "--config", "nope"], cwd=work, env=env,
                              capture_output=True, text=True, timeout=300)
     assert unknown.returncode == 2 and "shipped: coords, country" in unknown.stderr
+
+
+def test_wandb_run_folder_and_checkpoints_follow_default_root_dir(tiny_index, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    assert main(["fit", *tiny(tiny_index, "--config", "logger/wandb", "--trainer.default_root_dir=wb")]) == 0
+    assert list((work / "wb" / "wandb").glob("offline-run-*"))
+    ckpt = find_checkpoint(work / "wb", "last")
+    assert ckpt.parent.parent.parent == work / "wb" / "geotrainr"  # <root>/<project>/<run id>/checkpoints
+    assert sorted(p.name for p in work.iterdir()) == ["wb"]
