@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import torch
+from jsonargparse import Namespace
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_only
@@ -28,7 +29,8 @@ class GeoCLI(LightningCLI):
         parser.add_argument("--predictions", type=str | None, default=None,
                             help="predict: output file (.csv or .json); default: predictions.csv in the run's log dir")
 
-    def _subcommand_config(self, config) -> dict | None:
+    def _subcommand_config(self, config: Namespace | None) -> Namespace | None:
+        """The part of a parsed (or instantiated) config that belongs to the verb being run."""
         return config[self.subcommand] if config is not None and self.subcommand else config
 
     def before_instantiate_classes(self) -> None:
