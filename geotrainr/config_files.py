@@ -35,7 +35,7 @@ def shipped_configs() -> list[str]:
 
 def config_path(name: str) -> Path:
     """The file of the shipped config ``name`` (``country``, ``country.yaml``, ``trainer/ddp``)."""
-    stem = name[:-5] if name.endswith(".yaml") else name
+    stem = name.removesuffix(".yaml")
     if stem in shipped_configs():
         return CONFIG_DIR / f"{stem}.yaml"
     raise ConfigNotFoundError(f"--config {name}: no such file, and not a shipped config "
