@@ -19,7 +19,7 @@ from geotrainr.config_files import resolve_config_args
 from geotrainr.errors import GeotrainrError
 from geotrainr.files import write_text_atomic
 from geotrainr.data.datamodule import GeoDataModule
-from geotrainr.runs import RUN_CHECKPOINTS, find_checkpoint, run_version
+from geotrainr.runs import RUN_CHECKPOINTS, claim_run_folder, find_checkpoint, run_version
 from geotrainr.tasks.base import GeoTask
 
 
@@ -68,6 +68,8 @@ class GeoCLI(LightningCLI):
                 if rank_zero_only.rank == 0:
                     print(f"resuming {found.parent.parent} from {found}")
         if trainer_cfg.get("logger") in (None, True) and "logger" not in kwargs:
+            if version is None and rank_zero_only.rank == 0 and not trainer_cfg.get("fast_dev_run"):
+                version = claim_run_folder(root)  # other ranks take rank 0's folder (Lightning broadcasts it)
             kwargs["logger"] = TensorBoardLogger(save_dir=root, name="", version=version, default_hp_metric=False)
         return super().instantiate_trainer(**kwargs)
 

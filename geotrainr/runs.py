@@ -10,7 +10,8 @@ The layout, under the Trainer's ``default_root_dir`` (``runs/<task>`` in the shi
 
 This is Lightning's own mechanism: the default logger (TensorBoard) numbers the runs
 ``version_N`` and a ``ModelCheckpoint`` without ``dirpath`` saves into the logger's
-run folder. Two runs therefore share no file, and ``--trainer.default_root_dir``
+run folder; a run claims its number when it starts (:func:`claim_run_folder`). Two runs
+therefore share no file, and ``--trainer.default_root_dir``
 moves all of them. ``--ckpt_path last`` (or ``best``) means that checkpoint of the
 newest run under ``default_root_dir`` that has one (:func:`find_checkpoint`); ``fit``
 then continues in that run's folder.
@@ -47,6 +48,24 @@ def find_checkpoint(root: str | os.PathLike, which: str = "last") -> Path:
     return max(found, key=lambda p: (p.stat().st_mtime_ns, str(p)))
 
 
+def claim_run_folder(root: str | os.PathLike) -> int:
+    """The next free run number under ``root``, its folder made at once (``mkdir`` is atomic).
+
+    Two runs started together in one ``default_root_dir`` get two folders, where picking the next
+    number and creating its folder later (on the first log line) could hand both the same one.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    taken = [int(p.name[len(RUN_PREFIX):]) for p in root.iterdir() if p.name.startswith(RUN_PREFIX) and p.name[len(RUN_PREFIX):].isdigit()]
+    n = max(taken, default=-1) + 1
+    while True:
+        try:
+            (root / f"{RUN_PREFIX}{n}").mkdir()
+            return n
+        except FileExistsError:
+            n += 1
+
+
 def run_version(root: str | os.PathLike, checkpoint: str | os.PathLike) -> int | None:
     """N when ``checkpoint`` lies in ``root/version_N/checkpoints/``, else None."""
     checkpoint = Path(checkpoint).resolve()
@@ -57,4 +76,4 @@ def run_version(root: str | os.PathLike, checkpoint: str | os.PathLike) -> int |
     return None
 
 
-__all__ = ["RUN_CHECKPOINTS", "RUN_PREFIX", "RunNotFoundError", "find_checkpoint", "run_version"]
+__all__ = ["RUN_CHECKPOINTS", "RUN_PREFIX", "RunNotFoundError", "claim_run_folder", "find_checkpoint", "run_version"]

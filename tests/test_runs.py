@@ -12,7 +12,7 @@ import torch
 
 from geotrainr.cli import main
 from geotrainr.config_files import CONFIG_DIR, ConfigNotFoundError, resolve_config, resolve_config_args, shipped_configs
-from geotrainr.runs import RunNotFoundError, find_checkpoint, run_version
+from geotrainr.runs import RunNotFoundError, claim_run_folder, find_checkpoint, run_version
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,6 +86,15 @@ def test_ckpt_path_last_without_a_run_is_one_line(tiny_index, tmp_path, monkeypa
     with pytest.raises(RunNotFoundError):
         find_checkpoint(tmp_path / "nowhere", "best")
     assert not (tmp_path / "runs").exists()
+
+
+def test_run_folders_are_claimed_one_by_one(tmp_path):
+    root = tmp_path / "runs" / "country"
+    assert [claim_run_folder(root) for _ in range(3)] == [0, 1, 2]
+    (root / "version_7").mkdir()  # e.g. claimed a moment ago by a run started beside this one
+    (root / "notes").mkdir()
+    assert claim_run_folder(root) == 8
+    assert sorted(p.name for p in root.iterdir()) == ["notes", "version_0", "version_1", "version_2", "version_7", "version_8"]
 
 
 def test_config_names_resolve_to_the_shipped_files(tmp_path, monkeypatch, capsys):
