@@ -1,6 +1,6 @@
 """The ablation study: the seed study's tables and the geocell head, rerun on any index with fixed seeds.
 
-Every run is a ``geotrainr fit`` of a shipped config (``configs/*.yaml``) with a
+Every run is a ``geotrainr fit`` of a shipped config (``geotrainr/configs/*.yaml``) with a
 few overrides, in its own folder; every model is then evaluated the same way
 (:func:`geotrainr.report.evaluate` on its last checkpoint, so that no run is
 picked on the split it is scored on). Groups:
@@ -23,8 +23,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from geotrainr.config_files import CONFIG_DIR
 from geotrainr.errors import GeotrainrError
 from geotrainr.files import write_text_atomic
+from geotrainr.runs import RunNotFoundError, find_checkpoint
 
 GROUPS = ("a", "b", "c", "d")
 GROUP_TITLES = {
@@ -129,14 +131,6 @@ def _working_dir(path: Path):
         os.chdir(old)
 
 
-def config_dir() -> Path:
-    """The shipped configs: ``configs/`` of the source tree (the runner needs a checkout or sdist)."""
-    here = Path(__file__).resolve().parents[1] / "configs"
-    if not (here / "country.yaml").is_file():
-        raise AblationError(f"the shipped configs are not at {here}: run the ablation from a geotrainr checkout")
-    return here
-
-
 def run_study(
     index: str = "demo",
     workdir: str | os.PathLike = "ablation",
@@ -160,7 +154,7 @@ def run_study(
     from geotrainr.lightning_cli import run_lightning
     from geotrainr.report import evaluate
 
-    configs = config_dir()
+    configs = CONFIG_DIR  # package data: a wheel install has them too
     workdir = Path(workdir).resolve()
     index_arg = index if str(index) == "demo" else str(Path(index).resolve())
     common = [f"--data.init_args.index={index_arg}", f"--seed_everything={seed}", "--trainer.enable_progress_bar=false",
@@ -192,9 +186,10 @@ def run_study(
         if code != 0:
             raise AblationError(f"run {run.name!r} failed (exit {code}); its folder: {workdir / run.slug}")
         task = Path(run.config).stem
-        last = workdir / run.slug / "runs" / task / "checkpoints" / "last.ckpt"
-        if not last.is_file():
-            raise AblationError(f"run {run.name!r} wrote no checkpoint at {last}")
+        try:
+            last = find_checkpoint(workdir / run.slug / "runs" / task, "last")
+        except RunNotFoundError as e:
+            raise AblationError(f"run {run.name!r} wrote no checkpoint: {e}") from None
         run.checkpoint = str(last)
         if run.group == "a" and country_ckpt is None:
             country_ckpt = str(last)

@@ -16,7 +16,7 @@ from geotrainr import __version__
 from geotrainr.errors import GeotrainrError
 
 LIGHTNING_VERBS = {
-    "fit": "train a task from a config (e.g. --config configs/country.yaml)",
+    "fit": "train a task from a config: a shipped one by name (--config country) or a file",
     "validate": "evaluate a checkpoint on the validation split; prints and saves the metrics",
     "test": "evaluate a checkpoint on the test split; prints and saves the metrics",
     "predict": "write prediction records: a checkpoint on an index split (--config), or on photos (no config)",

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 import torch
+from jsonargparse import Namespace
+from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_only
 
+from geotrainr.config_files import resolve_config_args
 from geotrainr.errors import GeotrainrError
 from geotrainr.files import write_text_atomic
 from geotrainr.data.datamodule import GeoDataModule
+from geotrainr.runs import RUN_CHECKPOINTS, claim_run_folder, find_checkpoint, run_version
 from geotrainr.tasks.base import GeoTask
 
 
@@ -20,6 +26,50 @@ class GeoCLI(LightningCLI):
         parser.link_arguments("data.countries", "model.init_args.countries", apply_on="instantiate")
         parser.add_argument("--predictions", type=str | None, default=None,
                             help="predict: output file (.csv or .json); default: predictions.csv in the run's log dir")
+
+    def _subcommand_config(self, config: Namespace | None) -> Namespace | None:
+        """The part of a parsed (or instantiated) config that belongs to the verb being run."""
+        return config[self.subcommand] if config is not None and self.subcommand else config
+
+    def before_instantiate_classes(self) -> None:
+        """A W&B logger left at its default ``save_dir`` (".") writes under ``default_root_dir``, as the other runs do."""
+        cfg = self._subcommand_config(self.config)
+        trainer = cfg.get("trainer") if cfg is not None else None
+        if trainer is None:
+            return
+        loggers = trainer.get("logger")
+        for logger in loggers if isinstance(loggers, list) else [loggers]:
+            init = getattr(logger, "init_args", None) if hasattr(logger, "class_path") else None
+            if init is not None and str(logger.class_path).endswith("WandbLogger") and init.get("save_dir") in (None, "."):
+                init["save_dir"] = trainer.get("default_root_dir") or "."
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        """Give every run its own folder under ``default_root_dir`` and resolve ``--ckpt_path last|best``.
+
+        Lightning's default logger would file runs under ``<root>/lightning_logs/version_N``; this one files
+        them under ``<root>/version_N`` (the checkpoints follow the logger). ``fit --ckpt_path last`` continues
+        the run the checkpoint comes from, in the same folder.
+        """
+        from lightning.fabric.plugins.environments import SLURMEnvironment
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        trainer_cfg = self._get(self.config_init, "trainer", default={}) or {}
+        root = Path(trainer_cfg.get("default_root_dir") or os.getcwd())
+        version = SLURMEnvironment.job_id()  # Lightning's default: a requeued SLURM job continues its run
+        sub = self._subcommand_config(self.config_init)
+        ckpt_path = sub.get("ckpt_path") if sub is not None else None
+        if ckpt_path in RUN_CHECKPOINTS:
+            found = find_checkpoint(root, ckpt_path)
+            sub["ckpt_path"] = str(found)
+            if self.subcommand == "fit":
+                version = run_version(root, found)
+                if rank_zero_only.rank == 0:
+                    print(f"resuming {found.parent.parent} from {found}")
+        if trainer_cfg.get("logger") in (None, True) and "logger" not in kwargs:
+            if version is None and rank_zero_only.rank == 0 and not trainer_cfg.get("fast_dev_run"):
+                version = claim_run_folder(root)  # other ranks take rank 0's folder (Lightning broadcasts it)
+            kwargs["logger"] = TensorBoardLogger(save_dir=root, name="", version=version, default_hp_metric=False)
+        return super().instantiate_trainer(**kwargs)
 
     def _log_dir(self) -> Path:
         d = self.trainer.log_dir or self.trainer.default_root_dir
@@ -47,6 +97,8 @@ class GeoCLI(LightningCLI):
             for k in sorted(metrics):
                 print(f"  {k:<22} {metrics[k]:.4f}")
         ckpt = self.trainer.checkpoint_callback
+        if ckpt is not None and ckpt.dirpath:
+            print(f"run folder: {Path(ckpt.dirpath).parent}")
         if ckpt is not None and ckpt.best_model_path and ckpt.best_model_score is not None:
             print(f"best checkpoint: {ckpt.best_model_path} ({ckpt.monitor} = {float(ckpt.best_model_score):.4f})")
 
@@ -121,6 +173,7 @@ def run_lightning(verb: str, args: list[str]) -> int:
     """Run one LightningCLI verb; returns the exit code."""
     check_ckpt_path(_ckpt_path_arg(args))
     torch.set_float32_matmul_precision("high")
+    args = resolve_config_args(args)  # --config country: a shipped config
     saved_argv = sys.argv
     sys.argv = [saved_argv[0], verb, *args]  # LightningCLI reads sys.argv (and warns when given both)
     try:

@@ -72,7 +72,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 class Locator:
     """A trained checkpoint ready to locate photos.
 
-    >>> loc = Locator.from_checkpoint("runs/country/checkpoints/best.ckpt")
+    >>> loc = Locator.load("runs/country/version_0/checkpoints/best.ckpt")
     >>> for g in loc.locate(["photo.jpg", "folder_image.png"], top_k=3):
     ...     print(g.image, g.country, g.probability, g.lat, g.lon, g.nearest_place)
 

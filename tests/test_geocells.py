@@ -202,7 +202,7 @@ def test_geocells_config_and_command(tiny_index, tmp_path, monkeypatch):
         "--model.init_args.min_per_cell=2", "--model.init_args.max_per_cell=4",
     ]
     assert main(["fit", *args, "--trainer.max_epochs=1"]) == 0
-    ckpt = tmp_path / "runs/geocells/checkpoints/last.ckpt"
+    ckpt = tmp_path / "runs/geocells/version_0/checkpoints/last.ckpt"
     assert main(["validate", *args, f"--ckpt_path={ckpt}"]) == 0
     metrics = json.loads(next((tmp_path / "runs").rglob("metrics-validate.json")).read_text())
     assert {"val/acc1", "val/err_km_median", "val/geoscore"} <= set(metrics)

@@ -50,7 +50,7 @@ def photo(path: Path, seed: int, size=(48, 48), mode: str = "RGB", fmt: str | No
 def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
     """One tiny checkpoint per task kind, trained once per test session (shared by several test files)."""
     base = tmp_path_factory.getbasetemp() / "tiny-checkpoints"
-    ckpts = {k: base / f"runs/{k}/checkpoints/best.ckpt" for k in KINDS}
+    ckpts = {k: base / f"runs/{k}/version_0/checkpoints/best.ckpt" for k in KINDS}
     if all(p.is_file() for p in ckpts.values()):
         return ckpts
     base.mkdir(exist_ok=True)

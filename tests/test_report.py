@@ -28,7 +28,7 @@ def ckpts(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def index(ckpts) -> Path:
-    return ckpts["country"].parents[3] / "data" / "index.parquet"
+    return ckpts["country"].parents[4] / "data" / "index.parquet"  # base/runs/country/version_0/checkpoints/best.ckpt
 
 
 def check_pictures(folder: Path) -> None:

