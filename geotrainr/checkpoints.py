@@ -101,9 +101,9 @@ def validate_record(record: Any, where: str | os.PathLike = "checkpoint") -> dic
         Preprocessing.from_dict(record.get("preprocessing"))
     except PreprocessingError as e:
         raise CheckpointError(f"{where}: {e}") from None
-    head = record.get("head")
-    if head is not None and not isinstance(head, str):
-        raise CheckpointError(f"{where}: bad head {head!r}")
+    for key in ("head", "architecture"):
+        if record.get(key) is not None and not isinstance(record[key], str):
+            raise CheckpointError(f"{where}: bad {key} {record[key]!r}")
     return record
 
 
@@ -150,10 +150,19 @@ def task_arguments(cls: type, hparams: Any, record: dict, where: str | os.PathLi
         args[key] = value
     args.update({k: v for k, v in _TRAINING_ONLY.items() if k in allowed})
     args["countries"] = list(record["countries"])
-    args["backbone"] = record["backbone"]
+    args["backbone"] = _offline_backbone(record)
     if record.get("head") is not None and "head" in allowed:
         args["head"] = record["head"]
     return args
+
+
+def _offline_backbone(record: dict) -> str:
+    """The backbone to rebuild: a hub or folder name becomes its timm architecture, so loading needs no hub."""
+    import timm
+
+    name, arch = record["backbone"], record.get("architecture")
+    hub_or_folder = name.startswith(("hf-hub:", "local-dir:")) or ("/" in name and not name.startswith("timm/"))
+    return arch if hub_or_folder and arch and timm.is_model(arch) else name
 
 
 def check_countries(saved: Sequence[str], data: Sequence[str], where: str | os.PathLike = "checkpoint") -> None:
@@ -180,6 +189,9 @@ def build_model(record: dict, hparams: Any, state_dict: dict, where: str | os.Pa
         raise CheckpointError(f"{where}: cannot rebuild its model ({e})") from None
     except (TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{where}: cannot rebuild its model ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    from geotrainr.preprocess import Preprocessing
+
+    model.preprocessing = Preprocessing.from_dict(record["preprocessing"])  # what it was trained with, as recorded
     try:
         model.on_load_checkpoint({"geotrainr": record, **(extra or {})})
         model.load_state_dict(state_dict, strict=True)

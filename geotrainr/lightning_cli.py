@@ -60,6 +60,7 @@ class GeoCLI(LightningCLI):
         ckpt_path = sub.get("ckpt_path") if sub is not None else None
         if ckpt_path in RUN_CHECKPOINTS:
             found = find_checkpoint(root, ckpt_path)
+            check_ckpt_path(str(found))  # the same checks as a path given by name
             sub["ckpt_path"] = str(found)
             if self.subcommand == "fit":
                 version = run_version(root, found)

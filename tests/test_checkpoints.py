@@ -166,3 +166,18 @@ def test_copy_of_a_checkpoint_elsewhere_still_loads(ckpts, tmp_path):
     moved.parent.mkdir()
     shutil.copy(ckpts["distance"], moved)
     assert load_model(moved).task_kind == "distance"
+
+
+def test_hub_backbones_rebuild_offline_and_preprocessing_is_the_recorded_one(ckpts, tmp_path, monkeypatch):
+    """A model trained on an hf-hub: backbone loads from its file alone; its input is what the file says."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    record = read_checkpoint(ckpts["country"])["geotrainr"]
+    assert record["architecture"] == "test_efficientnet"
+
+    def from_hub(d):
+        d["geotrainr"]["backbone"] = d["hyper_parameters"]["backbone"] = "hf-hub:acme/tiny-geo"
+        d["geotrainr"]["preprocessing"]["mean"] = [0.25, 0.5, 0.75]
+
+    model = load_model(_edited(ckpts["country"], tmp_path / "hub.ckpt", from_hub))
+    assert model.preprocessing.mean == (0.25, 0.5, 0.75)
+    assert torch.equal(model.state_dict()["head.1.weight"], load_model(ckpts["country"]).state_dict()["head.1.weight"])

@@ -308,6 +308,8 @@ class GeoTask(L.LightningModule):
             "task": self.task_kind,
             "class_path": f"{type(self).__module__}.{type(self).__qualname__}",
             "backbone": self.hparams.backbone,
+            # the timm architecture behind a hub or folder name: a loaded model needs no hub to rebuild it
+            "architecture": (getattr(self.backbone, "pretrained_cfg", None) or {}).get("architecture"),
             "countries": list(self.countries),
             "preprocessing": self.preprocessing.to_dict(),
             "head": self.head_kind,

@@ -305,7 +305,9 @@ class Scraper:
         try:
             return self._run(planned, excluded, credentials, store)
         finally:
-            if previous is not None:
+            # once interrupted, the handler stays to the end: a second Ctrl-C while the process winds down
+            # still exits at once with 130, instead of a KeyboardInterrupt escaping the shutdown
+            if previous is not None and not self._interrupted:
                 signal.signal(signal.SIGINT, previous)
 
     def _run(self, planned: list[Place], excluded: set[str], credentials: Credentials, store: DatasetStore) -> Stats:
