@@ -63,3 +63,18 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes, durable: bool = Fal
 def write_text_atomic(path: str | os.PathLike, text: str, durable: bool = False) -> Path:
     """Write ``text`` (UTF-8) to ``path`` through a temporary file in the same folder, then rename."""
     return write_bytes_atomic(path, text.encode("utf-8"), durable)
+
+
+def replace_folder(tmp: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Move a finished folder ``tmp`` to ``out``, replacing any folder there, so ``out`` is never half-written."""
+    import shutil
+
+    tmp, out = Path(tmp), Path(out)
+    if out.exists():
+        old = out.with_name(f".{out.name}.{os.getpid()}.old")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+    return out

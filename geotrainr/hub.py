@@ -23,6 +23,7 @@ import torch
 from huggingface_hub import ModelHubMixin
 
 from geotrainr import __version__
+from geotrainr.files import replace_folder
 from geotrainr.checkpoints import CheckpointError, build_model, read_checkpoint, validate_record
 from geotrainr.errors import GeotrainrError
 
@@ -192,13 +193,7 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, force: b
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         ExportedModel(model, {k: record.get(k) for k in ("metrics", "data")}).save_pretrained(tmp)
-        if out.exists():
-            old = out.with_name(f".{out.name}.{os.getpid()}.old")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        replace_folder(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

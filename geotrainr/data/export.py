@@ -29,6 +29,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from geotrainr.files import replace_folder
 from geotrainr.data.index import SPLITS, IndexValidationError, index_root, open_image_source, read_index, validate_index
 
 #: index split -> Hugging Face split name (``datasets`` calls the validation split "validation")
@@ -245,13 +246,7 @@ def export_dataset(
             result.nbytes[split] = int(total_bytes + table.nbytes)
             result.shards[split] = len(written)
         (tmp / "README.md").write_text(_card(df, result, features, name or out.name, str(index)), encoding="utf-8")
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
