@@ -1,4 +1,4 @@
-"""`geotrainr scrape`: collect a Street View dataset from GeoNames places (resumable, budgeted)."""
+"""`geotrainr scrape`: collect a Mapillary or Street View dataset from GeoNames places (resumable, budgeted)."""
 
 from __future__ import annotations
 
@@ -26,8 +26,10 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         prog=prog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
-            "Collect Street View images at GeoNames places into --out DIR (images/ and index.parquet).\n"
-            "For each place a free metadata request finds the nearest outdoor panorama; image requests\n"
+            "Collect street images at GeoNames places into --out DIR (images/ and index.parquet).\n"
+            "--source mapillary: free CC-BY-SA 4.0 photos, the nearest flat photo of each place, one\n"
+            "search request and one thumbnail request per place. Default: Google Street View.\n"
+            "Street View: for each place a free metadata request finds the nearest outdoor panorama; image requests\n"
             "(billed) follow only for panoramas found, one per heading. Stopped or killed, the same\n"
             "command continues where it stopped."
         ),
@@ -144,7 +146,7 @@ def config_from_args(args: argparse.Namespace) -> ScrapeConfig:
         jitter_m=args.jitter_m,
         headings=args.headings,
         spec=ImageSpec(width, height, args.fov, args.pitch, args.radius, "outdoor" if mapillary else args.source),
-        api_url=args.api_url or (MAPILLARY_API_URL if mapillary else GOOGLE_API_URL),
+        api_url=args.api_url,
         collector="mapillary" if mapillary else "streetview",
         panoramas=args.panoramas,
         one_per_sequence=args.one_per_sequence,

@@ -40,7 +40,7 @@ from geotrainr.data.scrape.errors import (
     redact,
 )
 from geotrainr.data.scrape.mapillary import MAX_PAGES as MAPILLARY_PAGES
-from geotrainr.data.scrape.mapillary import MapillaryClient, MapillaryToken
+from geotrainr.data.scrape.mapillary import MAPILLARY_API_URL, MapillaryClient, MapillaryToken
 from geotrainr.data.scrape.places import Place, count_by_country, load_places, sample_places
 from geotrainr.data.scrape.records import Panorama
 from geotrainr.data.scrape.writer import FINAL_OUTCOMES, DatasetStore, Loaded, image_name
@@ -66,7 +66,8 @@ class ScrapeConfig:
     jitter_m: float = 0.0
     headings: list[float] = field(default_factory=lambda: [0.0])
     spec: ImageSpec = field(default_factory=ImageSpec)
-    api_url: str = GOOGLE_API_URL
+    #: None: the collector's public endpoint.
+    api_url: str | None = None  # type: ignore[assignment]
     backend: str = "http"
     chrome_binary: str = CHROME_BINARY
     chromedriver: str = CHROMEDRIVER
@@ -91,6 +92,10 @@ class ScrapeConfig:
     collector: str = "streetview"
     panoramas: bool = False
     one_per_sequence: bool = False
+
+    def __post_init__(self) -> None:
+        if self.api_url is None:
+            self.api_url = MAPILLARY_API_URL if self.collector == "mapillary" else GOOGLE_API_URL
 
     @property
     def mapillary(self) -> bool:
