@@ -123,7 +123,7 @@ class FakeMapillary:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def do_GET(self):  # noqa: N802
+            def do_GET(self):
                 parts = urlsplit(self.path)
                 params = dict(parse_qsl(parts.query))
                 auth = self.headers.get("Authorization")

@@ -26,10 +26,16 @@ from geotrainr.data.index import read_index, validate_index
 from geotrainr.data.scrape import ImageSpec, RetryPolicy, read_geonames, sample_places
 from geotrainr.data.scrape.backends import HttpBackend
 from geotrainr.data.scrape.errors import InvalidAnswer
-from geotrainr.data.scrape.mapillary import LICENCE, MapillaryClient, MapillaryToken, image_from_entry, strip_queries
+from geotrainr.data.scrape.mapillary import (
+    LICENCE,
+    MapillaryClient,
+    MapillaryToken,
+    image_from_entry,
+    strip_queries,
+)
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fake_mapillary import FakeMapillary  # noqa: E402
+from fake_mapillary import FakeMapillary
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = Path(__file__).parent / "data" / "geonames_sample.txt"
@@ -302,7 +308,7 @@ def test_paging_to_another_host_is_refused():
         def log_message(self, *a):
             pass
 
-        def do_GET(self):  # noqa: N802
+        def do_GET(self):
             seen.append(self.headers.get("Authorization"))
             body = json.dumps({"data": [], "paging": {"next": "http://127.0.0.2:9/images?after=1"}}).encode()
             self.send_response(200)

@@ -15,6 +15,7 @@ redacted, and URL query strings are cut from them).
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import re
@@ -30,11 +31,22 @@ from geotrainr.data.scrape.client import (
     RateLimiter,
     RetryPolicy,
     StreetViewClient,
-    _retry_after,
     _Retry,
+    _retry_after,
 )
-from geotrainr.data.scrape.errors import InvalidAnswer, RequestDeniedError, ScrapeError, redact
-from geotrainr.data.scrape.records import MAX_PANO_ID, Panorama, _number, _text, normalise_image
+from geotrainr.data.scrape.errors import (
+    InvalidAnswer,
+    RequestDeniedError,
+    ScrapeError,
+    redact,
+)
+from geotrainr.data.scrape.records import (
+    MAX_PANO_ID,
+    Panorama,
+    _number,
+    _text,
+    normalise_image,
+)
 from geotrainr.geo import haversine_km, offset_latlon
 
 MAPILLARY_API_URL = "https://graph.mapillary.com"
@@ -119,9 +131,7 @@ def image_from_entry(entry: object) -> Panorama:
     date = None
     if captured is not None:
         ms = _number(captured, "captured_at", 0, 4.1e12)  # epoch milliseconds, before year 2100
-        import datetime as _dt
-
-        date = _dt.datetime.fromtimestamp(ms / 1000, _dt.timezone.utc).strftime("%Y-%m-%d")
+        date = datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).strftime("%Y-%m-%d")
     angle = entry.get("compass_angle")
     heading = 0.0 if angle is None else _number(angle, "compass_angle", -360, 720) % 360
     is_pano = entry.get("is_pano", False)
