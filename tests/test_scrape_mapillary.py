@@ -332,3 +332,16 @@ def test_paging_to_another_host_is_refused():
 def test_token_and_queries_are_redacted():
     assert repr(MapillaryToken(TOKEN)) == "MapillaryToken(REDACTED)"
     assert strip_queries("GET https://cdn.example/t/1.jpg?sig=abc&exp=2 failed") == "GET https://cdn.example/t/1.jpg?... failed"
+
+
+def test_exclude_another_mapillary_index(tmp_path, capsys, monkeypatch):
+    """Photos of an --exclude index (by image id, the pano_id column) are never collected again."""
+    with make_fake() as fake:
+        rc, _, err = run_cli(args_for(fake.url, tmp_path / "first"), capsys, monkeypatch)
+        assert rc == 0, err
+        thumbs = len(fake.requests("thumb"))
+        rc, out, err = run_cli(args_for(fake.url, tmp_path / "second", "--exclude",
+                                        str(tmp_path / "first" / "index.parquet")), capsys, monkeypatch)
+        assert rc == 0 and "places: 0 with a photo" in out and " 0 excluded" not in out, out
+        assert len(fake.requests("thumb")) == thumbs, "an excluded photo was downloaded"
+    assert not (tmp_path / "second" / "index.parquet").exists()
