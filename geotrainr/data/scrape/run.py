@@ -421,7 +421,7 @@ class Scraper:
         self.stats.places_done_before = len(planned) - len(todo)
         self.print_plan(planned, todo, partial_views)
         if excluded:
-            self.say(f"exclude: {len(excluded)} panoramas of {', '.join(str(p) for p in cfg.exclude)}")
+            self.say(f"exclude: {len(excluded)} {'photos' if cfg.mapillary else 'panoramas'} of {', '.join(str(p) for p in cfg.exclude)}")
         return todo
 
     def _collect(self, todo: list[Place], credentials: Credentials, store: DatasetStore, loaded: Loaded,
