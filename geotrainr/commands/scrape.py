@@ -1,4 +1,4 @@
-"""`geotrainr scrape`: collect a Street View dataset from GeoNames places (resumable, budgeted)."""
+"""`geotrainr scrape`: collect a Mapillary or Street View dataset from GeoNames places (resumable, budgeted)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from geotrainr.countries import resolve_countries
 from geotrainr.data.scrape.backends import CHROME_BINARY, CHROMEDRIVER
 from geotrainr.data.scrape.client import GOOGLE_API_URL, KEY_ENV, SECRET_ENV, ImageSpec, RetryPolicy, parse_size
 from geotrainr.data.scrape.errors import ScrapeError
+from geotrainr.data.scrape.mapillary import MAPILLARY_API_URL, TOKEN_ENV
 from geotrainr.data.scrape.run import ScrapeConfig, Scraper
 
 
@@ -25,16 +26,20 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         prog=prog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
-            "Collect Street View images at GeoNames places into --out DIR (images/ and index.parquet).\n"
-            "For each place a free metadata request finds the nearest outdoor panorama; image requests\n"
+            "Collect street images at GeoNames places into --out DIR (images/ and index.parquet).\n"
+            "--source mapillary: free CC-BY-SA 4.0 photos, the nearest flat photo of each place, one\n"
+            "search request and one thumbnail request per place. Default: Google Street View.\n"
+            "Street View: for each place a free metadata request finds the nearest outdoor panorama; image requests\n"
             "(billed) follow only for panoramas found, one per heading. Stopped or killed, the same\n"
             "command continues where it stopped."
         ),
         epilog=(
             f"credentials (environment only, never a flag):\n"
             f"  {KEY_ENV}             API key with the Street View Static API enabled\n"
-            f"  {SECRET_ENV}  optional URL-signing secret (requests are then signed)\n\n"
+            f"  {SECRET_ENV}  optional URL-signing secret (requests are then signed)\n"
+            f"  {TOKEN_ENV}  Mapillary client token (--source mapillary)\n\n"
             "example:\n"
+            f"  {prog} --source mapillary --countries DE,FR --per-country 50 --out data/mly\n"
             f"  {prog} --countries europe --per-country 30 --headings 0,90,180,270 --out data/sv --max-requests 5000\n"
             f"  {prog} --config scrape.yaml --max-requests 100   (keys: per_country: 30, headings: [0, 90], ...)\n\n"
             "exit status: 0 done or budget reached (run again to continue), 1 some places failed after\n"
@@ -65,12 +70,19 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     g.add_argument("--fov", metavar="DEG", type=float, default=90.0, help="horizontal field of view in degrees, at most 120 (default 90)")
     g.add_argument("--pitch", metavar="DEG", type=float, default=0.0, help="camera pitch in degrees, -90 to 90 (default 0)")
     g.add_argument("--radius", metavar="M", type=int, default=50, help="search radius around each place in metres (default 50)")
-    g.add_argument("--source", choices=["outdoor", "default"], default="outdoor",
-                   help="outdoor (default) leaves out indoor panoramas and photo spheres")
+    g.add_argument("--source", choices=["outdoor", "default", "mapillary"], default="outdoor",
+                   help="mapillary: free CC-BY-SA 4.0 photos from Mapillary (token in MAPILLARY_ACCESS_TOKEN); "
+                        "outdoor (default) or default: Google Street View, outdoor leaving out indoor panoramas "
+                        "and photo spheres")
+    g.add_argument("--panoramas", action="store_true",
+                   help="--source mapillary: also take 360-degree panoramas (default: flat photos only)")
+    g.add_argument("--one-per-sequence", action="store_true",
+                   help="--source mapillary: never two photos of one capture sequence in the dataset")
 
     g = p.add_argument_group("requests")
-    g.add_argument("--api-url", metavar="URL", default=GOOGLE_API_URL,
-                   help=f"Street View Static API endpoint; metadata at <api-url>/metadata (default {GOOGLE_API_URL})")
+    g.add_argument("--api-url", metavar="URL", default=None,
+                   help=f"API endpoint: Street View metadata at <api-url>/metadata (default {GOOGLE_API_URL}); "
+                        f"Mapillary search at <api-url>/images (default {MAPILLARY_API_URL})")
     g.add_argument("--backend", choices=["http", "selenium"], default="http",
                    help="http (default) or selenium: headless Chromium through chromedriver")
     g.add_argument("--chrome-binary", metavar="PATH", default=CHROME_BINARY, help=f"Chromium for --backend selenium (default {CHROME_BINARY})")
@@ -121,6 +133,7 @@ def config_from_args(args: argparse.Namespace) -> ScrapeConfig:
         raise ScrapeError("--shard-rows must be at least 1")
     if args.geonames is not None and not args.geonames.is_file():
         raise ScrapeError(f"--geonames {args.geonames}: no such file")
+    mapillary = args.source == "mapillary"
     return ScrapeConfig(
         out=args.out,
         countries=resolve_countries(args.countries),
@@ -132,8 +145,11 @@ def config_from_args(args: argparse.Namespace) -> ScrapeConfig:
         seed=args.seed,
         jitter_m=args.jitter_m,
         headings=args.headings,
-        spec=ImageSpec(width, height, args.fov, args.pitch, args.radius, args.source),
+        spec=ImageSpec(width, height, args.fov, args.pitch, args.radius, "outdoor" if mapillary else args.source),
         api_url=args.api_url,
+        collector="mapillary" if mapillary else "streetview",
+        panoramas=args.panoramas,
+        one_per_sequence=args.one_per_sequence,
         backend=args.backend,
         chrome_binary=args.chrome_binary,
         chromedriver=args.chromedriver,

@@ -1,7 +1,8 @@
-"""Collecting a Street View dataset: GeoNames places -> metadata -> images -> index.parquet.
+"""Collecting a street dataset: GeoNames places -> metadata -> images -> index.parquet.
 
 ``places`` samples candidate locations, ``client`` speaks the Street View
-Static API (signing, retries, rate limit, budget), ``backends`` fetch URLs
+Static API (signing, retries, rate limit, budget), ``mapillary`` the
+Mapillary API v4 through the same retries and budget, ``backends`` fetch URLs
 (stdlib HTTP or headless Chromium), ``writer`` keeps the output folder
 resumable, ``run`` ties them together. The command is ``geotrainr scrape``.
 """
@@ -14,6 +15,7 @@ from geotrainr.data.scrape.errors import (
     ScrapeError,
     redact,
 )
+from geotrainr.data.scrape.mapillary import MapillaryClient, MapillaryToken
 from geotrainr.data.scrape.places import Place, PlacesError, load_places, read_geonames, sample_places
 from geotrainr.data.scrape.run import ScrapeConfig, Scraper, Stats, scrape
 
@@ -22,6 +24,8 @@ __all__ = [
     "Budget",
     "Credentials",
     "ImageSpec",
+    "MapillaryClient",
+    "MapillaryToken",
     "Place",
     "PlacesError",
     "RequestDeniedError",

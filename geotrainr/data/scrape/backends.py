@@ -24,6 +24,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Protocol
 from urllib.parse import urlsplit
 
@@ -141,13 +142,16 @@ class HttpBackend:
             return conn, target
         return http.client.HTTPConnection(p.hostname, p.port or 8080, timeout=timeout), f"http://{parts.netloc}{target}"
 
-    def get(self, url: str, timeout: float, max_bytes: int = DEFAULT_MAX_BYTES) -> Response:
+    def get(self, url: str, timeout: float, max_bytes: int = DEFAULT_MAX_BYTES,
+            headers: Mapping[str, str] | None = None) -> Response:
+        """``headers`` carry a credential (Mapillary's Authorization) outside the URL."""
         deadline = time.monotonic() + timeout
         conn, target = self._connection(url, timeout)
         watchdog = _Watchdog(conn, timeout)
         r: http.client.HTTPResponse | None = None
         try:
-            conn.request("GET", target, headers={"User-Agent": USER_AGENT, "Accept": "*/*", "Connection": "close"})
+            conn.request("GET", target, headers={"User-Agent": USER_AGENT, "Accept": "*/*", "Connection": "close",
+                                                **(headers or {})})
             sock = watchdog.sock = conn.sock
             if watchdog.fired:
                 raise TransportError("timed out", timeout=True)

@@ -314,8 +314,10 @@ class StreetViewClient:
 
     # --- requests ------------------------------------------------------------
 
-    def _send(self, kind: str, url: str, interpret: Callable[[Response], object]) -> object:
+    def _send(self, kind: str, url: str, interpret: Callable[[Response], object],
+              headers: Mapping[str, str] | None = None) -> object:
         """Send with retries; a temporary failure is retried, :class:`InvalidAnswer` fails the place at once."""
+        extra = {"headers": headers} if headers else {}
         limit = MAX_IMAGE_BYTES if kind == "image" else MAX_METADATA_BYTES
         for attempt in range(self.retry.attempts):
             if self.stop.is_set():
@@ -325,7 +327,7 @@ class StreetViewClient:
             if attempt:
                 self.budget.count_retry()
             try:
-                return interpret(self.backend.get(url, self.retry.timeout, max_bytes=limit))
+                return interpret(self.backend.get(url, self.retry.timeout, max_bytes=limit, **extra))
             except ResponseTooLarge as e:
                 # Same answer on every try (and an image is billed each time): fail the place now.
                 raise InvalidAnswer(f"{kind} answer refused: {self.redact(str(e), SNIPPET_CHARS)}") from None
@@ -404,3 +406,17 @@ class StreetViewClient:
                 raise type(e)(f"image refused: {self.redact(str(e), SNIPPET_CHARS)}") from None
 
         return self._send("image", self.image_url(pano_id, heading), interpret)  # type: ignore[return-value]
+
+    # --- the seam the run loop uses (one per source) ----------------------------
+
+    def views(self, pano: Panorama, headings: list[float]) -> list[float]:
+        """The headings to store for one panorama: every asked heading."""
+        return [float(h) for h in headings]
+
+    def fetch(self, pano: Panorama, heading: float) -> bytes | None:
+        """The normalised JPEG of one view, or None where there is none."""
+        return self.image(pano.pano_id, heading)
+
+    def row_fields(self, pano: Panorama) -> dict:
+        """Source-specific columns of a stored view."""
+        return {"pitch": float(self.spec.pitch), "fov": float(self.spec.fov), "source": "streetview"}

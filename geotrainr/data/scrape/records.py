@@ -43,6 +43,12 @@ class Panorama:
     lon: float
     date: str | None
     copyright: str | None
+    #: Mapillary only: compass angle, sequence id, creator's username, thumbnail URL (opaque, never stored).
+    heading: float | None = None
+    sequence: str | None = None
+    creator: str | None = None
+    thumb_url: str | None = None
+    is_pano: bool = False
 
 
 def _text(value: object, name: str, max_len: int = MAX_SHORT, required: bool = True) -> str | None:
@@ -110,12 +116,23 @@ def validate_row(rec: dict) -> dict:
         "country": country,
         "pano_id": _text(rec.get("pano_id"), "pano_id", MAX_PANO_ID),
         "heading": _number(rec.get("heading"), "heading", 0, 360),
-        "pitch": _number(rec.get("pitch"), "pitch", -90, 90),
-        "fov": _number(rec.get("fov"), "fov", 0, 180),
+        # Unknown for a Mapillary photo (camera set by its contributor): None.
+        "pitch": _optional_number(rec.get("pitch"), "pitch", -90, 90),
+        "fov": _optional_number(rec.get("fov"), "fov", 0, 180),
         "capture_date": _date(rec.get("capture_date")),
         "place_id": _text(rec.get("place_id"), "place_id"),
         "source": _text(rec.get("source"), "source"),
+        "sequence": _text(rec.get("sequence"), "sequence", MAX_PANO_ID, required=False),
+        "creator": _text(rec.get("creator"), "creator", MAX_PANO_ID, required=False),
+        "licence": _text(rec.get("licence"), "licence", required=False),
     }
+
+
+def _optional_number(value: object, name: str, lo: float, hi: float) -> float | None:
+    """``None`` (or NaN read back from parquet) stays ``None``; anything else as :func:`_number`."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return _number(value, name, lo, hi)
 
 
 def validate_place(rec: dict, outcomes: tuple[str, ...]) -> dict:

@@ -39,6 +39,8 @@ from geotrainr.data.scrape.errors import (
     Stopped,
     redact,
 )
+from geotrainr.data.scrape.mapillary import MAX_PAGES as MAPILLARY_PAGES
+from geotrainr.data.scrape.mapillary import MAPILLARY_API_URL, MapillaryClient, MapillaryToken
 from geotrainr.data.scrape.places import Place, count_by_country, load_places, sample_places
 from geotrainr.data.scrape.records import Panorama
 from geotrainr.data.scrape.writer import FINAL_OUTCOMES, DatasetStore, Loaded, image_name
@@ -64,7 +66,8 @@ class ScrapeConfig:
     jitter_m: float = 0.0
     headings: list[float] = field(default_factory=lambda: [0.0])
     spec: ImageSpec = field(default_factory=ImageSpec)
-    api_url: str = GOOGLE_API_URL
+    #: None: the collector's public endpoint.
+    api_url: str | None = None  # type: ignore[assignment]
     backend: str = "http"
     chrome_binary: str = CHROME_BINARY
     chromedriver: str = CHROMEDRIVER
@@ -85,6 +88,18 @@ class ScrapeConfig:
     progress: bool = True
     max_consecutive_failures: int = 20
     force_settings: bool = False
+    #: ``streetview`` (Google, billed, images may not be kept) or ``mapillary`` (free, CC-BY-SA 4.0).
+    collector: str = "streetview"
+    panoramas: bool = False
+    one_per_sequence: bool = False
+
+    def __post_init__(self) -> None:
+        if self.api_url is None:
+            self.api_url = MAPILLARY_API_URL if self.collector == "mapillary" else GOOGLE_API_URL
+
+    @property
+    def mapillary(self) -> bool:
+        return self.collector == "mapillary"
 
     def validate(self) -> None:
         self.spec.validate()
@@ -111,11 +126,21 @@ class ScrapeConfig:
         if not self.api_url.startswith(("http://", "https://")):
             raise ScrapeError(f"--api-url {redact(self.api_url)!r}: expected an http:// or https:// URL")
         if "?" in self.api_url:
-            raise ScrapeError("--api-url must not carry a query string (the key comes from GOOGLE_MAPS_API_KEY)")
+            raise ScrapeError("--api-url must not carry a query string (credentials come from the environment)")
+        if self.collector not in ("streetview", "mapillary"):
+            raise ScrapeError(f"--source {self.collector!r}: expected outdoor, default or mapillary")
+        if self.mapillary and self.backend != "http":
+            raise ScrapeError("--source mapillary works with --backend http only")
+        if not self.mapillary and (self.panoramas or self.one_per_sequence):
+            raise ScrapeError("--panoramas and --one-per-sequence apply to --source mapillary only")
 
     def settings(self) -> dict:
         """Settings that must stay the same for every run writing into one folder."""
         s = self.spec
+        if self.mapillary:
+            return {"collector": "mapillary", "size": s.size, "radius": s.radius, "panoramas": self.panoramas,
+                    "one_per_sequence": self.one_per_sequence,
+                    "jitter_m": self.jitter_m, "jitter_seed": self.seed if self.jitter_m else None}
         return {"size": s.size, "fov": s.fov, "pitch": s.pitch, "radius": s.radius, "source": s.source,
                 "jitter_m": self.jitter_m, "jitter_seed": self.seed if self.jitter_m else None}
 
@@ -158,6 +183,10 @@ class _Registry:
         self.owner = loaded.owners()
         self.done = loaded.done_keys()
         self._lock = threading.Lock()
+        if "sequence" in loaded.rows.columns:  # --one-per-sequence: sequences on record are taken
+            for seq, place in zip(loaded.rows["sequence"], loaded.rows["place_id"]):
+                if isinstance(seq, str) and seq:
+                    self.owner.setdefault(_seq_key(seq), str(place))
 
     def claim(self, pano_id: str, place_id: str) -> bool:
         with self._lock:
@@ -168,6 +197,11 @@ class _Registry:
             if self.owner.get(pano_id) == place_id and not any(k[0] == pano_id for k in self.done):
                 del self.owner[pano_id]
 
+    def release_key(self, key: str, place_id: str) -> None:
+        with self._lock:
+            if self.owner.get(key) == place_id:
+                del self.owner[key]
+
     def is_done(self, pano_id: str, heading: float) -> bool:
         with self._lock:
             return (pano_id, heading) in self.done
@@ -175,6 +209,11 @@ class _Registry:
     def add(self, pano_id: str, heading: float) -> None:
         with self._lock:
             self.done.add((pano_id, heading))
+
+
+def _seq_key(sequence: str) -> str:
+    """Registry key of a capture sequence (never equal to an image id)."""
+    return f"sequence\x00{sequence}"
 
 
 def _money(n: int, price: float) -> str:
@@ -265,6 +304,9 @@ class Scraper:
         done = len(planned) - len(todo)
         if done:
             self.say(f"  {done} already done in {cfg.out}, {len(todo)} to go")
+        if cfg.mapillary:
+            self._print_mapillary_plan(todo)
+            return
         headings = ",".join(f"{h:g}" for h in cfg.headings)
         self.say(f"views: headings {headings} at {s.size}, fov {s.fov:g}, pitch {s.pitch:g}, "
                  f"source={s.source}, radius {s.radius} m")
@@ -278,6 +320,20 @@ class Scraper:
         if cfg.max_metadata is not None:
             self.say(f"budget: --max-metadata {cfg.max_metadata} caps this run's metadata requests")
 
+    def _print_mapillary_plan(self, todo: list[Place]) -> None:
+        cfg, s = self.cfg, self.cfg.spec
+        kind = "photos and panoramas" if cfg.panoramas else "flat photos (no panoramas)"
+        per = ", one per sequence" if cfg.one_per_sequence else ""
+        self.say(f"views: Mapillary {kind}, the nearest within {s.radius} m of each place{per}, stored at {s.size}; "
+                 "licence CC-BY-SA 4.0 (attribution: the creator column)")
+        self.say(f"requests: at most {len(todo)} thumbnail requests and {len(todo)} to {len(todo) * MAPILLARY_PAGES} "
+                 "search requests (free of charge)")
+        if cfg.max_requests is not None:
+            self.say(f"budget: --max-requests {cfg.max_requests} caps this run at {cfg.max_requests} thumbnail requests, "
+                     "retries included")
+        if cfg.max_metadata is not None:
+            self.say(f"budget: --max-metadata {cfg.max_metadata} caps this run's search requests")
+
     # --- the run -------------------------------------------------------------
 
     def run(self) -> Stats:
@@ -285,10 +341,10 @@ class Scraper:
         cfg.validate()
         credentials = None
         if not cfg.dry_run:
-            credentials = Credentials.from_env(self.env)
+            credentials = MapillaryToken.from_env(self.env) if cfg.mapillary else Credentials.from_env(self.env)
             self._secrets = credentials.secrets()
             if cfg.api_url.startswith("http://") and not _is_loopback(cfg.api_url):
-                self.warn("--api-url is plain http: the API key travels unencrypted")
+                self.warn("--api-url is plain http: the credential travels unencrypted")
         planned = self.plan()
         excluded = read_excluded(cfg.exclude)
         store = DatasetStore(cfg.out)
@@ -358,13 +414,16 @@ class Scraper:
             # A finished hit still needs work when new headings were asked for.
             return outcome[0] == "hit" and any((outcome[1], h) not in done_keys for h in headings)
 
+        if cfg.mapillary:
+            headings = []  # one photo per place: a finished hit is done
+
         todo = [p for p in planned if needs_work(p)]
         partial_views = sum(1 for p in todo if p.place_id in pano_of for h in headings if (pano_of[p.place_id], h) in done_keys)
         self.stats.places_planned = len(planned)
         self.stats.places_done_before = len(planned) - len(todo)
         self.print_plan(planned, todo, partial_views)
         if excluded:
-            self.say(f"exclude: {len(excluded)} panoramas of {', '.join(str(p) for p in cfg.exclude)}")
+            self.say(f"exclude: {len(excluded)} {'photos' if cfg.mapillary else 'panoramas'} of {', '.join(str(p) for p in cfg.exclude)}")
         return todo
 
     def _collect(self, todo: list[Place], credentials: Credentials, store: DatasetStore, loaded: Loaded,
@@ -372,8 +431,12 @@ class Scraper:
         cfg = self.cfg
         registry = _Registry(loaded)
         backend = self._backend or make_backend(cfg.backend, cfg.workers, cfg.chrome_binary, cfg.chromedriver)
-        client = StreetViewClient(backend, credentials, cfg.spec, cfg.api_url, cfg.retry, self.budget,
-                                  RateLimiter(cfg.rate), self.stop)
+        if cfg.mapillary:
+            client: StreetViewClient = MapillaryClient(backend, credentials, cfg.spec, cfg.api_url, cfg.retry,
+                                                       self.budget, RateLimiter(cfg.rate), self.stop, cfg.panoramas)
+        else:
+            client = StreetViewClient(backend, credentials, cfg.spec, cfg.api_url, cfg.retry, self.budget,
+                                      RateLimiter(cfg.rate), self.stop)
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(todo), unit="place", desc="scrape", disable=not cfg.progress, file=self.stderr,
@@ -465,6 +528,7 @@ class Scraper:
         """Collect one place (in a worker thread); never raises."""
         res = PlaceResult(place)
         claimed = False
+        sequence_key: str | None = None
         try:
             pano = client.metadata(place.lat, place.lon)
             if pano is None:
@@ -478,22 +542,25 @@ class Scraper:
                 res.outcome = "duplicate"
                 return res
             claimed = True
+            if self.cfg.one_per_sequence and pano.sequence:
+                if not registry.claim(_seq_key(pano.sequence), place.place_id):
+                    res.outcome = "duplicate"
+                    return res
+                sequence_key = _seq_key(pano.sequence)
             got_any = False
-            for heading in self.cfg.headings:
-                heading = float(heading)
+            for heading in client.views(pano, self.cfg.headings):
                 if registry.is_done(pano.pano_id, heading):
                     got_any = True
                     continue
-                data = client.image(pano.pano_id, heading)
+                data = client.fetch(pano, heading)
                 if data is None:  # HTTP 404 for this view
                     continue
                 # The image is paid for: on disk before anything else can fail (no second bill on a rerun).
                 path = store.write_image(image_name(pano.pano_id, heading), data)
                 row = {
                     "image_path": path, "lat": pano.lat, "lon": pano.lon, "country": place.country,
-                    "pano_id": pano.pano_id, "heading": heading, "pitch": float(self.cfg.spec.pitch),
-                    "fov": float(self.cfg.spec.fov), "capture_date": pano.date, "place_id": place.place_id,
-                    "source": SOURCE_LABEL,
+                    "pano_id": pano.pano_id, "heading": heading, "capture_date": pano.date,
+                    "place_id": place.place_id, **client.row_fields(pano),
                 }
                 # On record as soon as its image is in place: a kill loses at most the requests in flight.
                 store.record_row(row)
@@ -518,6 +585,8 @@ class Scraper:
         finally:
             if claimed and res.outcome not in FINAL_OUTCOMES and not res.rows and res.pano is not None:
                 registry.release(res.pano.pano_id, place.place_id)
+                if sequence_key is not None:
+                    registry.release_key(sequence_key, place.place_id)
         return res
 
     def _record(self, res: PlaceResult, store: DatasetStore, registry: _Registry) -> None:
@@ -547,10 +616,15 @@ class Scraper:
         left = st.places_planned - planned_done
         retries = self.budget.retries
         self.say("")
-        self.say(f"places: {st.hits} with a panorama, {st.misses} without, {st.duplicates} duplicate panoramas, "
+        what = "photo" if cfg.mapillary else "panorama"
+        self.say(f"places: {st.hits} with a {what}, {st.misses} without, {st.duplicates} duplicate {what}s, "
                  f"{st.excluded} excluded, {st.failed} failed; {planned_done} of {st.places_planned} planned places done")
-        self.say(f"requests: {self.budget.images} image (billable, = {_money(self.budget.images, cfg.price_per_1000)}), "
-                 f"{self.budget.metadata} metadata (free), {retries} retries")
+        if cfg.mapillary:
+            self.say(f"requests: {self.budget.images} thumbnail, {self.budget.metadata} search (free of charge), "
+                     f"{retries} retries")
+        else:
+            self.say(f"requests: {self.budget.images} image (billable, = {_money(self.budget.images, cfg.price_per_1000)}), "
+                     f"{self.budget.metadata} metadata (free), {retries} retries")
         if st.repaired or st.skipped_lines:
             self.say(f"resume: {st.repaired} recorded image(s) missing or damaged and fetched again, "
                      f"{st.skipped_lines} journal line(s) skipped (their places redone)")

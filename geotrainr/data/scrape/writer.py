@@ -48,13 +48,14 @@ from geotrainr.files import fsync_dir, write_bytes_atomic, write_text_atomic
 
 ROW_COLUMNS = (
     "image_path", "lat", "lon", "country", "pano_id", "heading", "pitch", "fov", "capture_date", "place_id", "source",
+    "sequence", "creator", "licence",
 )
 PLACE_COLUMNS = ("place_id", "outcome", "pano_id", "country")
 #: Outcomes that finish a place; anything else (failed, budget, stopped) leaves it to the next run.
 FINAL_OUTCOMES = ("hit", "miss", "duplicate", "excluded")
 INDEX_NAME = "index.parquet"
 
-_ROW_SCHEMA = pa.schema([pa.field(c, SCHEMA[c]) for c in ROW_COLUMNS])
+_ROW_SCHEMA = pa.schema([pa.field(c, SCHEMA.get(c, pa.string())) for c in ROW_COLUMNS])
 _PLACE_SCHEMA = pa.schema([pa.field(c, pa.string()) for c in PLACE_COLUMNS])
 _SEQ = re.compile(r"^(?:part|places)-(\d+)\.parquet$")
 
