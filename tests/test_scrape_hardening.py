@@ -27,13 +27,19 @@ from PIL import Image
 from geotrainr.data.index import read_index
 from geotrainr.data.scrape import Credentials, ImageSpec, RetryPolicy, StreetViewClient
 from geotrainr.data.scrape.backends import HttpBackend, Response
-from geotrainr.data.scrape.errors import InvalidAnswer, RequestDeniedError, ResponseTooLarge, TransportError
+from geotrainr.data.scrape.errors import (
+    InvalidAnswer,
+    RequestDeniedError,
+    ResponseTooLarge,
+    TransportError,
+)
 from geotrainr.data.scrape.records import normalise_image, stored_image_ok
 from geotrainr.data.scrape.writer import DatasetStore, image_name
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fake_streetview import FakeStreetView, hostile_image, png_header_only  # noqa: E402
-from test_scrape import (  # noqa: E402,F401 - fixtures are used by name
+import test_scrape
+from fake_streetview import FakeStreetView, hostile_image, png_header_only
+from test_scrape import (
     COMPARE,
     KEY,
     REPO,
@@ -41,21 +47,23 @@ from test_scrape import (  # noqa: E402,F401 - fixtures are used by name
     assert_no_secret,
     check_dataset,
     expected_views,
-    reference,
-    reference_run,
     run_cli,
     scrape_args,
     sorted_frame,
     view_set,
 )
 
+# The clean run every case is compared with (fixtures of test_scrape.py).
+reference_run = test_scrape.reference_run
+reference = test_scrape.reference
+
 ROW_COLS = [c for c in COMPARE if c != "image_path"]
 
 
-def client_for(fake: FakeStreetView, spec: ImageSpec = ImageSpec(96, 96), attempts: int = 3,
-               timeout: float = 5.0) -> StreetViewClient:
+def client_for(fake: FakeStreetView, attempts: int = 3, timeout: float = 5.0) -> StreetViewClient:
+    """A client asking for 96x96 images, with quick retries."""
     retry = RetryPolicy(attempts=attempts, base_delay=0.001, max_delay=0.002, timeout=timeout)
-    return StreetViewClient(HttpBackend(), Credentials(KEY), spec, fake.url, retry)
+    return StreetViewClient(HttpBackend(), Credentials(KEY), ImageSpec(96, 96), fake.url, retry)
 
 
 def a_pano(fake: FakeStreetView) -> tuple[float, float, dict]:
@@ -111,7 +119,7 @@ def test_byte_limits_refuse_huge_bodies_without_reading_them():
             client.metadata(50.0, 10.0)
         assert client.budget.metadata == 1, "the same answer is not asked for again"
     with FakeStreetView(KEY) as fake:
-        lat, lon, t = a_pano(fake)
+        _, _, t = a_pano(fake)
         url = f"{fake.url}?size=640x640&pano={t['pano_id']}&heading=0&fov=90&pitch=0&key={KEY}"
         assert len(HttpBackend().get(url, 5.0).body) > 2000
         with pytest.raises(ResponseTooLarge):
@@ -238,7 +246,7 @@ def test_no_key_character_at_any_offset_of_an_error_body():
     pieces |= {secret_b64[i:i + 6] for i in range(len(secret_b64) - 5)}
     filler = "~" * 700  # no character of the key's or the secret's alphabet
     retry = RetryPolicy(attempts=1)
-    for offset in range(0, 600):
+    for offset in range(600):
         for which in (KEY, SECRET):
             text = filler[:offset] + which + filler[: 700 - offset]
             messages = []
@@ -353,8 +361,9 @@ def _spawn(args: list[str], logs: Path, name: str) -> tuple[subprocess.Popen, Pa
     env = {**os.environ, "GOOGLE_MAPS_API_KEY": KEY}
     env.pop("GOOGLE_MAPS_URL_SIGNING_SECRET", None)
     so, se = logs / f"{name}.out", logs / f"{name}.err"
-    proc = subprocess.Popen([sys.executable, "-m", "geotrainr", "scrape", *args], stdout=open(so, "w"),
-                            stderr=open(se, "w"), env=env, cwd=REPO)
+    with open(so, "w") as out, open(se, "w") as err:  # the child keeps its own copies
+        proc = subprocess.Popen([sys.executable, "-m", "geotrainr", "scrape", *args], stdout=out, stderr=err,
+                                env=env, cwd=REPO)
     return proc, so, se
 
 
@@ -413,9 +422,9 @@ def _kill_loop(tmp_path: Path, capsys, monkeypatch, reference: pd.DataFrame, rou
         args = scrape_args(fake.url, out, "--shard-rows", "3", "--timeout", "2", workers=3)
         for r in range(rounds):
             how = rng.choice(["kill", "kill", "int", "int2"])
-            proc, so, se = _spawn(args, logs, f"{r}")
-            start = len(fake.requests("image", 200))
-            _wait_for(lambda: len(fake.requests("image", 200)) >= start + rng.randint(2, 6), proc)
+            proc, _, se = _spawn(args, logs, f"{r}")
+            target = len(fake.requests("image", 200)) + rng.randint(2, 6)
+            _wait_for(lambda target=target: len(fake.requests("image", 200)) >= target, proc)
             if how == "kill":
                 proc.kill()
             else:

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import build_tiny_index
+from test_tasks import tiny_args
+
 from geotrainr.cli import main
 from geotrainr.data import GeoDataModule
 from geotrainr.data.index import read_index
-from test_tasks import tiny_args
 
 
 def _break(index: Path, split: str, fraction: float) -> int:
