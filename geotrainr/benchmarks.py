@@ -36,7 +36,32 @@ class Published:
 
 
 #: Published results, read from the papers' tables (see each source). Percentages as printed there.
-PUBLISHED: dict[str, list[Published]] = {"im2gps3k": [], "yfcc4k": [], "osv5m-test": []}
+_KM = ("acc_1km", "acc_25km", "acc_200km", "acc_750km", "acc_2500km")
+_G3 = "G3 (Jia et al., arXiv 2405.14702), Table 1"
+_IMG2LOC = "Img2Loc (Zhou et al., arXiv 2403.19584), Table 1"
+
+
+def _km(*values: float | None) -> dict[str, float]:
+    """Accuracies within 1, 25, 200, 750 and 2500 km, as printed (None: not reported)."""
+    return {k: v for k, v in zip(_KM, values) if v is not None}
+
+
+PUBLISHED: dict[str, list[Published]] = {
+    "im2gps3k": [
+        Published("GeoCLIP", _km(14.11, 34.47, 50.65, 69.67, 83.82), f"{_IMG2LOC}; {_G3}"),
+        Published("PIGEOTTO", _km(11.3, 36.7, 53.8, 72.4, 85.3), f"{_G3} (row \"PIGEON\")"),
+        Published("StreetCLIP (zero-shot)", _km(None, 22.4, 37.4, 61.3, 80.4),
+                  "StreetCLIP model card, huggingface.co/geolocal/StreetCLIP"),
+    ],
+    "yfcc4k": [
+        Published("GeoCLIP", _km(9.59, 19.31, 32.63, 55.0, 74.69), f"{_IMG2LOC}; {_G3} (reproduced by those authors)"),
+        Published("PIGEOTTO", _km(10.4, 23.7, 40.6, 62.2, 77.7), f"{_G3} (row \"PIGEON\")"),
+    ],
+    "osv5m-test": [
+        Published("OSV-5M baseline", {"geoscore": 3361, "acc1": 68.0},
+                  "osv5m/baseline model card, huggingface.co/osv5m/baseline"),
+    ],
+}
 
 
 class BenchmarkError(GeotrainrError, ValueError):

@@ -8,7 +8,7 @@ import math
 import pandas as pd
 import pytest
 
-from geotrainr.benchmarks import STANDARD_COLUMNS
+from geotrainr.benchmarks import PUBLISHED, STANDARD_COLUMNS
 from geotrainr.cli import main
 from geotrainr.geo import geoscore, great_circle_error_km
 from geotrainr.predictions import RECORD_FIELDS
@@ -31,6 +31,10 @@ def test_im2gps3k_layout_standard_table(ckpts, tmp_path, capsys):
     assert "| method | " + " | ".join(STANDARD_COLUMNS.values()) + " |" in table
     assert table.split("\n\n", 1)[1].strip() in stdout  # printed as written
     assert "| **best.ckpt** |" in table
+    # published rows follow, each with its source; a figure not reported is a dash, never a zero
+    assert "| GeoCLIP | 14.1 | 34.5 | 50.6 | 69.7 | 83.8 | — | — | — |" in table
+    assert "| StreetCLIP (zero-shot) | — | 22.4 |" in table
+    assert all(f"- {p.method}: " in table for p in PUBLISHED["im2gps3k"])
     preds = pd.read_csv(out / "predictions.csv")
     assert len(preds) == 8 and list(preds.columns) == [c for c in RECORD_FIELDS if c in preds.columns]
     m = json.loads((out / "metrics.json").read_text())["metrics"]
