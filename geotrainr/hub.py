@@ -217,11 +217,14 @@ def load_exported(name_or_path: str | os.PathLike, kind: str | None = None, **hu
 
 
 def load_any(source: str | os.PathLike, kind: str | None = None) -> torch.nn.Module:
-    """A checkpoint file, an exported folder or a Hub repository id, whichever ``source`` is."""
+    """A checkpoint file, a run folder (its best checkpoint), an exported folder or a Hub repository id."""
     from geotrainr.checkpoints import load_model
 
     if Path(source).is_file() or str(source).endswith(".ckpt"):
         return load_model(source, kind=kind)
+    best = Path(source) / "checkpoints" / "best.ckpt"  # runs/<task>/version_N as fit writes it
+    if best.is_file() and not (Path(source) / "config.json").is_file():
+        return load_model(best, kind=kind)
     return load_exported(source, kind=kind)
 
 

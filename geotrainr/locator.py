@@ -113,7 +113,7 @@ class Locator:
 
     @classmethod
     def load(cls, source: str | os.PathLike, device: str | torch.device | None = None, kind: str | None = None) -> Locator:
-        """A checkpoint file, an exported folder or a hub repository id, whichever ``source`` is."""
+        """A checkpoint file, a run folder, an exported folder or a hub repository id, whichever ``source`` is."""
         from geotrainr.hub import load_any
 
         return cls(load_any(source, kind=kind), device=device)

@@ -137,3 +137,14 @@ def test_user_api_at_the_top_level(ckpts, pictures):
     c = loc.locate([Path(p).read_bytes() for p in pictures])
     for x, y, z in zip(a, b, c):
         assert np.array_equal(x.probs, y.probs) and np.array_equal(x.probs, z.probs)
+
+
+def test_a_run_folder_loads_its_best_checkpoint(ckpts, tmp_path, pictures):
+    import shutil
+
+    run = tmp_path / "runs" / "coords" / "version_0"
+    (run / "checkpoints").mkdir(parents=True)
+    shutil.copy(ckpts["coords"], run / "checkpoints" / "best.ckpt")
+    _same(Locator.load(ckpts["coords"], device="cpu").locate(pictures), geotrainr.load(run, device="cpu").locate(pictures))
+    with pytest.raises(CheckpointError):  # a folder that is neither a run nor an export says so
+        geotrainr.load(tmp_path / "runs" / "coords", device="cpu")

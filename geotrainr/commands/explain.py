@@ -17,7 +17,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "the dimmed, framed part of a wide photo is what the model's centre crop leaves out.",
     )
     p.add_argument("checkpoint", help="a .ckpt file written by geotrainr fit, a folder written by geotrainr export, "
-                   "or a Hugging Face Hub repository id (org/name)")
+                   "a run folder (its best checkpoint), or a Hugging Face Hub repository id (org/name)")
     p.add_argument("image", help="the photo (any format and size Pillow reads)")
     p.add_argument("--out", default=None, help="picture to write (default: <image stem>_gradcam.png next to the working folder)")
     what = p.add_mutually_exclusive_group()

@@ -35,7 +35,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("checkpoint", help="a .ckpt file written by geotrainr fit, a folder written by geotrainr export, "
-                   "or a Hugging Face Hub repository id (org/name)")
+                   "a run folder (its best checkpoint), or a Hugging Face Hub repository id (org/name)")
     p.add_argument("images", nargs="*", help="image files and/or folders (searched recursively); "
                    "default with --truth: every photo the CSV lists")
     p.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format (default: table)")

@@ -27,7 +27,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     )
     p.add_argument("images", nargs="+", help="photo files and/or folders (searched recursively)")
     p.add_argument("--ckpt_path", "--model", dest="model", required=True,
-                   help="a .ckpt file, a folder written by geotrainr export, or a Hub repository id")
+                   help="a .ckpt file, a run folder, a folder written by geotrainr export, or a Hub repository id")
     p.add_argument("--predictions", "--out", dest="out", default="predictions.csv",
                    help="output file: .csv, .json or .jsonl (default predictions.csv)")
     p.add_argument("-k", "--top-k", type=int, default=5, help="countries listed per photo (default 5)")

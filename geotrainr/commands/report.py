@@ -19,7 +19,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "the map of guesses (truth joined to guess), predictions.csv, metrics.json and report.md tying them together.",
     )
     p.add_argument("checkpoint", help="a .ckpt file written by geotrainr fit, a folder written by geotrainr export, "
-                   "or a Hugging Face Hub repository id (org/name)")
+                   "a run folder (its best checkpoint), or a Hugging Face Hub repository id (org/name)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--index", default=None, help="parquet index (file or shard folder) or 'demo' (default: demo)")
     src.add_argument("--config", default=None, help="a training config: its data.init_args.index is used")
