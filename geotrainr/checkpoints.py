@@ -38,6 +38,15 @@ class CheckpointError(GeotrainrError, RuntimeError):
     """A file that is not a readable, trustworthy geotrainr checkpoint (or of the wrong kind)."""
 
 
+def _unpickler_reason(e: Exception) -> str:
+    """The unpickler's own reason, without torch's advice to load unsafely (which geotrainr never does)."""
+    text = str(e)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0][:160] if lines else type(e).__name__
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """The checkpoint dict, loaded without executing anything, its geotrainr record validated."""
     path = Path(path)
@@ -53,7 +62,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
                 f"{path}: refused: it holds Python objects beyond tensors and plain data, which could run code when "
                 "loaded (geotrainr checkpoints never do)"
             ) from None
-        raise CheckpointError(f"{path}: not a readable checkpoint, truncated or corrupt ({str(e).splitlines()[0]})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint, truncated or corrupt ({_unpickler_reason(e)})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CheckpointError(f"{path}: not a readable checkpoint, truncated or corrupt ({first})") from None

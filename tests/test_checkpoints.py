@@ -71,6 +71,10 @@ def test_damaged_and_foreign_files_are_one_line(ckpts, tmp_path):
     (tmp_path / "half.ckpt").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
         read_checkpoint(tmp_path / "half.ckpt")
+    (tmp_path / "listing.csv").write_text("path,lat,lon\nphoto.jpg,45.8,15.9\n")  # a file given in the wrong place
+    with pytest.raises(CheckpointError, match="truncated or corrupt") as e:
+        read_checkpoint(tmp_path / "listing.csv")
+    assert "weights_only" not in str(e.value)  # never the advice to load it unsafely
     (tmp_path / "empty.ckpt").write_bytes(b"")
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
         read_checkpoint(tmp_path / "empty.ckpt")
