@@ -55,13 +55,18 @@ def collect_images(inputs: Sequence[str | os.PathLike], recursive: bool = True) 
 
 
 
-def read_listing(csv_path: str | os.PathLike):
+def read_listing(csv_path: str | os.PathLike, columns: dict[str, str] | None = None):
     """A CSV of photos (``path`` or ``image_path``, optional ``lat``, ``lon``, ``country`` and any other columns).
 
-    Paths are read relative to the CSV's folder; the returned DataFrame has an absolute
-    ``path`` column. Used for truth (maps, error columns) and for ``--group-by FIELD``.
+    ``columns`` names the CSV's own columns (what :func:`geotrainr.data.sources.parse_columns`
+    returns for ``--columns path=id,lat=latitude``). Paths are read relative to the CSV's folder;
+    the returned DataFrame has an absolute ``path`` column. Used for truth (maps, error columns)
+    and for ``--group-by FIELD``.
     """
     import pandas as pd
+
+    from geotrainr.data.index import IndexValidationError
+    from geotrainr.data.sources.common import apply_columns
 
     csv_path = Path(csv_path)
     try:
@@ -70,10 +75,15 @@ def read_listing(csv_path: str | os.PathLike):
         raise ImageListError(f"{csv_path}: no such CSV file") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise ImageListError(f"{csv_path}: not a readable CSV ({str(e).splitlines()[0]})") from None
+    try:
+        df = apply_columns(df, columns, str(csv_path))
+    except IndexValidationError as e:
+        raise ImageListError(str(e)) from None
     if "path" not in df.columns and "image_path" in df.columns:
         df = df.rename(columns={"image_path": "path"})
     if "path" not in df.columns:
-        raise ImageListError(f"{csv_path}: needs a 'path' (or 'image_path') column; it has {', '.join(df.columns)}")
+        raise ImageListError(f"{csv_path}: needs a 'path' (or 'image_path') column; it has {', '.join(df.columns)} "
+                             "(name yours with --columns path=COLUMN,lat=COLUMN,lon=COLUMN)")
     if len(df) == 0:
         raise ImageListError(f"{csv_path}: no rows")
     base = csv_path.resolve().parent
@@ -91,7 +101,8 @@ def read_listing(csv_path: str | os.PathLike):
 
 
 def match_listing(images: Sequence[str | os.PathLike], listing) -> list[int | None]:
-    """Row of ``listing`` (from :func:`read_listing`) for each image: same file, else the only row with that file name."""
+    """Row of ``listing`` (from :func:`read_listing`) for each image: same file, else the only row with that
+    file name, else the only row naming the file without its extension (an id column, as OSV-5M's)."""
     by_path = {p: i for i, p in enumerate(listing["path"])}
     names = Counter(Path(p).name for p in listing["path"])
     by_name = {Path(p).name: i for i, p in enumerate(listing["path"]) if names[Path(p).name] == 1}
@@ -99,7 +110,11 @@ def match_listing(images: Sequence[str | os.PathLike], listing) -> list[int | No
     for im in images:
         p = Path(im)
         i = by_path.get(str(p.resolve()))
-        rows.append(i if i is not None else by_name.get(p.name))
+        if i is None:
+            i = by_name.get(p.name)
+        if i is None:
+            i = by_name.get(p.stem)
+        rows.append(i)
     return rows
 
 

@@ -267,6 +267,29 @@ def test_group_by_field_with_truth_and_map(ckpts, tmp_path, capsys):
     assert code == 0 and "error km" in out and "median error" in out
 
 
+def test_truth_in_another_spelling_with_columns(ckpts, tmp_path, capsys):
+    # OSV-5M's own layout: an id without extension, latitude/longitude
+    rows = []
+    for i in range(3):
+        cc, lat, lon = SIX[i]
+        photo(tmp_path / "images" / f"{1000 + i}.jpg", i)
+        rows.append({"id": str(1000 + i), "latitude": lat, "longitude": lon, "country": cc})
+    listing = tmp_path / "test.csv"
+    pd.DataFrame(rows).to_csv(listing, index=False)
+    code, _, err = run_cli(capsys, "locate", ckpts["coords"], tmp_path / "images", "--truth", listing)
+    assert code == 2 and "--columns" in err and len(err.strip().splitlines()) == 1
+    code, out, err = run_cli(capsys, "locate", ckpts["coords"], tmp_path / "images", "--truth", listing,
+                             "--columns", "path=id,lat=latitude,lon=longitude", "--format", "json")
+    assert code == 0, err
+    got = {Path(r["image"]).name: r for r in json.loads(out)}
+    for row in rows:
+        r = got[f"{row['id']}.jpg"]
+        assert (r["true_lat"], r["true_lon"]) == pytest.approx((row["latitude"], row["longitude"]))
+        assert r["true_country"] == row["country"] and r["error_km"] >= 0
+    code, _, err = run_cli(capsys, "locate", ckpts["coords"], tmp_path / "images", "--columns", "lat=latitude")
+    assert code == 2 and "--truth" in err
+
+
 def test_map_of_worldwide_points_widens(ckpts, tmp_path, capsys):
     listing = tmp_path / "world.csv"
     photo(tmp_path / "a.jpg", 1)

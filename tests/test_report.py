@@ -95,6 +95,15 @@ def test_report_from_a_csv_listing(ckpts, tmp_path, capsys):
     with Image.open(out / "map.png") as im:  # widened to Tokyo: much wider than tall
         assert im.width / im.height > 2.0
     assert "photos.csv" in (out / "report.md").read_text()
+    # the same listing spelt otherwise, with the photos in another folder
+    odd = pd.DataFrame(rows).rename(columns={"path": "file", "lat": "Latitude", "lon": "Longitude"})
+    odd["file"] = odd["file"].str.replace("imgs/", "", regex=False)
+    odd.to_csv(tmp_path / "odd.csv", index=False)
+    assert main(["report", str(ckpts["country"]), "--truth", str(tmp_path / "odd.csv"), "--images", str(tmp_path / "imgs"),
+                 "--columns", "path=file,lat=Latitude,lon=Longitude", "--out", str(tmp_path / "rep2")]) == 0
+    assert "9 images (1 unreadable, skipped)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "rep2" / "metrics.json").read_text())["metrics"] == \
+        json.loads((out / "metrics.json").read_text())["metrics"]
 
 
 def test_report_errors_are_one_line(ckpts, index, tmp_path, capsys):

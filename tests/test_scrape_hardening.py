@@ -191,9 +191,14 @@ def test_hostile_server_then_a_correct_one_gives_the_clean_rows(tmp_path, capsys
         rc, stdout, stderr = run_cli(scrape_args(fake.url, out, workers=2), capsys, monkeypatch, secret=SECRET)
         assert rc == 1 and "Traceback" not in stderr, stderr
         assert "failed" in stdout and "run the same command again" in stdout
+        # the first failures are warned about; all of them, with their reasons, are listed beside the index
+        assert "warning: place " in stderr and f"failed places and why: {out / 'failed.csv'}" in stdout
+        failed = pd.read_csv(out / "failed.csv", dtype=str)
+        assert list(failed.columns) == ["place_id", "country", "error"] and stdout.count(" failed;") == 1
+        assert f", {len(failed)} failed;" in stdout
         for what in ("date is a int", "date is a dict", "not a still image (GIF)", "not an image (text/html)",
                      "13000x13000"):
-            assert what in stderr, what
+            assert failed["error"].str.contains(what, regex=False).any(), what
         first = read_index(out / "index.parquet")
         for p in first["image_path"]:  # what was stored is a JPEG of the asked size, resized ones included
             with Image.open(out / p) as im:
@@ -202,6 +207,7 @@ def test_hostile_server_then_a_correct_one_gives_the_clean_rows(tmp_path, capsys
         fake.faults = {}
         rc, stdout2, stderr2 = run_cli(scrape_args(fake.url, out, workers=2), capsys, monkeypatch, secret=SECRET)
         assert rc == 0 and "complete" in stdout2, stderr2
+        assert not (out / "failed.csv").exists(), "a clean run leaves no stale list of failures"
         df = check_dataset(out, fake)
         assert len(fake.requests("image")) - paid_first == len(reference) - len(first), "a stored image is paid once"
     same_rows(df, reference)

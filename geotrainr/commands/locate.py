@@ -14,6 +14,7 @@ import os
 import sys
 from pathlib import Path
 
+from geotrainr.data.sources.common import parse_columns
 from geotrainr.files import write_text_atomic
 from geotrainr.locator import Locator
 from geotrainr.multiview import auto_group_key, group
@@ -44,6 +45,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--truth", default=None, metavar="LISTING.csv",
                    help="CSV with path,lat,lon[,country,...] (paths relative to the CSV): truth for error columns "
                    "and maps, fields for --group-by")
+    p.add_argument("--columns", default=None, metavar="path=COL,lat=COL,lon=COL",
+                   help="column names of a --truth CSV that spells them otherwise, e.g. path=id,lat=latitude,lon=longitude "
+                   "(a path without extension matches the photo of that name)")
     p.add_argument("--group-by", default=None, metavar="FIELD|auto",
                    help="combine views of one place into one guess: 'auto' (file name without a trailing "
                    "_<heading>, -<n> or _<n>) or a column of --truth")
@@ -141,7 +145,9 @@ def run(args: argparse.Namespace) -> int:
         raise ImageListError("--top-k must be at least 1")
     if args.batch_size < 1:
         raise ImageListError("--batch-size must be at least 1")
-    listing = read_listing(args.truth) if args.truth else None
+    if args.columns and not args.truth:
+        raise ImageListError("--columns names the columns of --truth: give --truth LISTING.csv too")
+    listing = read_listing(args.truth, parse_columns(args.columns)) if args.truth else None
     if args.group_by and args.group_by != "auto":
         if listing is None:
             raise ImageListError(f"--group-by {args.group_by} needs --truth (a listing with a {args.group_by!r} column); "

@@ -28,8 +28,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     src.add_argument("--benchmark", default=None, choices=list(BENCHMARKS),
                      help="a standard benchmark in its published layout (--data): the standard table beside published figures")
     p.add_argument("--data", default=None, help="--benchmark: the benchmark's folder or CSV (docs/benchmarks.md)")
-    p.add_argument("--images", default=None, help="--benchmark: the image folder, where it is not the layout's default")
-    p.add_argument("--columns", default=None, help="--benchmark: column names of another spelling, e.g. lat=latitude,lon=lng")
+    p.add_argument("--images", default=None, help="--truth or --benchmark: the image folder, where it is not the CSV's folder or the layout's default")
+    p.add_argument("--columns", default=None, help="--truth or --benchmark: column names of another spelling, "
+                   "e.g. path=file,lat=latitude,lon=lng")
     p.add_argument("--split", default=None, help="train, val, test or all (default: val; all with --truth)")
     p.add_argument("--out", default="report", help="output folder (default: ./report)")
     p.add_argument("--batch-size", type=int, default=64)
@@ -58,13 +59,18 @@ def run(args: argparse.Namespace) -> int:
         return run_benchmark_report(args)
     if args.data:
         raise ReportError("--data names a benchmark's files: give --benchmark im2gps3k|yfcc4k|osv5m-test too")
+    if (args.columns or args.images) and not args.truth:
+        raise ReportError("--columns and --images describe a --truth CSV or a --benchmark: give one of them too")
     split = args.split or ("all" if args.truth else "val")
     device = None if args.device == "auto" else args.device
     with tempfile.TemporaryDirectory(prefix="geotrainr-report-") as tmp:
         if args.truth:
             from geotrainr.data.index import index_from_csv, validate_index, write_index
 
-            listing = validate_index(index_from_csv(args.truth, tmp)).assign(split="test")  # every row is evaluated
+            from geotrainr.data.sources import parse_columns
+
+            listing = index_from_csv(args.truth, tmp, columns=parse_columns(args.columns), images=args.images)
+            listing = validate_index(listing).assign(split="test")  # every row is evaluated
             index = write_index(listing, Path(tmp) / "index.parquet")
         elif args.config:
             index = index_from_config(args.config)

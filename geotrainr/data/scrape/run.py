@@ -44,9 +44,12 @@ from geotrainr.data.scrape.mapillary import MAPILLARY_API_URL, MapillaryClient, 
 from geotrainr.data.scrape.places import Place, count_by_country, load_places, sample_places
 from geotrainr.data.scrape.records import Panorama
 from geotrainr.data.scrape.writer import FINAL_OUTCOMES, DatasetStore, Loaded, image_name
+from geotrainr.files import write_text_atomic
 
 SOURCE_LABEL = "streetview"
 MAX_FAILURE_WARNINGS = 10
+#: CSV beside the index listing the places that failed in the last run, with the reason.
+FAILED_LIST = "failed.csv"
 #: Exit status after Ctrl-C (128 + SIGINT), as shells report it.
 EXIT_INTERRUPTED = 130
 
@@ -156,6 +159,7 @@ class Stats:
     duplicates: int = 0
     excluded: int = 0
     failed: int = 0
+    failures: list[tuple[str, str, str]] = field(default_factory=list)  # (place_id, country, why), this run
     images: int = 0
     rows_total: int = 0
     budget_reached: str | None = None
@@ -478,12 +482,13 @@ class Scraper:
                                 self.stop.set()
                             elif res.outcome == "failed":
                                 self.stats.failed += 1
+                                self.stats.failures.append((str(res.place.place_id), res.place.country, str(res.error)))
                                 consecutive += 1
                                 bar.update(1)
                                 if self.stats.failed <= MAX_FAILURE_WARNINGS:
                                     self.warn(f"place {res.place.place_id} ({res.place.country}): {res.error}")
                                 if self.stats.failed == MAX_FAILURE_WARNINGS:
-                                    self.warn("further failed places are only counted (see the summary)")
+                                    self.warn(f"further failed places are only counted here; all are listed in {FAILED_LIST} at the end")
                                 if consecutive >= cfg.max_consecutive_failures and not stopping:
                                     fatal = ScrapeError(
                                         f"{consecutive} places in a row failed (last: {res.error}); the server seems "
@@ -633,6 +638,7 @@ class Scraper:
             self.say(f"index: {st.index_path} ({st.rows_total} images, {st.images} new in this run; {splits})")
         else:
             self.say("index: no image collected yet, no index written")
+        self._write_failures()
         if self._fatal is not None:
             raise self._fatal
         if self._interrupted:
@@ -647,6 +653,23 @@ class Scraper:
             st.exit_code = 1
         else:
             self.say("complete")
+
+
+    def _write_failures(self) -> None:
+        """Every place that failed in this run and why (already redacted), beside the index; none: no file."""
+        import csv
+        import io
+
+        path = self.cfg.out / FAILED_LIST
+        if not self.stats.failures:
+            path.unlink(missing_ok=True)  # a list from an earlier run would describe places since collected
+            return
+        text = io.StringIO()
+        writer = csv.writer(text)
+        writer.writerow(["place_id", "country", "error"])
+        writer.writerows(self.stats.failures)
+        write_text_atomic(path, text.getvalue())
+        self.say(f"failed places and why: {path}")
 
 
 def _write_stderr(text: str) -> None:
