@@ -116,8 +116,11 @@ class Preprocessing:
 _plugins_registered = False
 
 
-def _register_plugins() -> None:
-    """HEIC/HEIF photos (phones) through pillow-heif, where it is installed."""
+def register_image_openers() -> None:
+    """Let Pillow open HEIC/HEIF photos (phones' default format) through pillow-heif, where it is installed.
+
+    The one place that registers extra formats: decoding, header checks and EXIF reading all call it.
+    """
     global _plugins_registered
     if _plugins_registered:
         return
@@ -161,7 +164,7 @@ def decode(source, draft_size: int | None = None) -> Image.Image:
 
     Raises Pillow's and the OS's own errors; :meth:`Preprocessor.open` turns them into one line.
     """
-    _register_plugins()
+    register_image_openers()
     if isinstance(source, Image.Image):
         if not _is_unloaded_file(source):
             im = _to_rgb(source)

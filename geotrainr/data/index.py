@@ -207,15 +207,6 @@ def image_size_bytes(df: pd.DataFrame, i: int, root: Path) -> int:
     return os.stat(os.path.normpath(root / df["image_path"].iloc[i])).st_size
 
 
-def register_image_openers() -> None:
-    """Let Pillow open HEIC/HEIF photos (phones' default format) through pillow-heif, when installed."""
-    try:
-        from pillow_heif import register_heif_opener
-    except ImportError:  # pragma: no cover - pillow-heif is a core dependency
-        return
-    register_heif_opener()
-
-
 _END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82"}
 
 
@@ -238,6 +229,8 @@ def check_image_headers(df: pd.DataFrame, root: str | os.PathLike | None) -> lis
     """
     from PIL import Image
     from tqdm.auto import tqdm
+
+    from geotrainr.preprocess import register_image_openers
 
     register_image_openers()
     root = Path(root) if root is not None else Path.cwd()

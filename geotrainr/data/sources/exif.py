@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from geotrainr.data.index import IMAGE_EXTENSIONS, IndexValidationError, register_image_openers
+from geotrainr.data.index import IMAGE_EXTENSIONS, IndexValidationError
+from geotrainr.preprocess import register_image_openers
 from geotrainr.data.sources.common import SourceRows, fill_countries, relative
 
 PHOTO_EXTENSIONS = (*IMAGE_EXTENSIONS, ".heic", ".heif")
