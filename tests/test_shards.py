@@ -265,6 +265,21 @@ def test_resume_from_last_ckpt_mid_epoch_continues_where_the_data_was(packed, tm
     assert sorted(read_seen(rec, "rank0-epoch1.txt")) == list(range(45))  # the next epoch whole
 
 
+def test_resume_with_another_batch_size_says_the_epoch_restarts(packed, caplog):
+    dm = GeoDataModule(str(packed), batch_size=4, num_workers=0)
+    dm.load_state_dict({"stream": {"epoch": 0, "done": [0, 1, 2], "world": 1, "batch_size": 8}})
+    dm.setup("fit")
+    with caplog.at_level("INFO"):
+        seen = [i for b in dm.train_dataloader() for i in b["index"].tolist()]
+    assert "the epoch restarts from its first batch" in caplog.text
+    assert sorted(seen) == list(range(45))
+    dm = GeoDataModule(str(packed), batch_size=4, num_workers=0)
+    dm.load_state_dict({"stream": {"epoch": 0, "done": [0, 1, 2], "world": 1, "batch_size": 4}})
+    dm.setup("fit")
+    seen = [i for b in dm.train_dataloader() for i in b["index"].tolist()]
+    assert len(seen) == 45 - 12 and len(set(seen)) == len(seen)
+
+
 def test_fit_test_report_and_export_dataset_take_a_packed_set(packed, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     args = ["--config", str(ROOT / "configs" / "country.yaml"), f"--data.init_args.index={packed}",

@@ -300,7 +300,7 @@ class GeoDataModule(L.LightningDataModule):
         self.seen = {"train": 0, "val": 0, "test": 0, "predict": 0}
         self.has_test_split = self.packed.split_rows.get("test", 0) > 0
         self._stream_done: set[int] = set()  # batches of the current epoch the model has had
-        self._stream_epoch = -1
+        self._stream_epoch, self._stream_world = -1, 1
         self._stream_skip: frozenset[int] = frozenset()  # batches the current epoch's plan leaves out
         self._stream_resume: dict | None = None  # from a checkpoint: {"epoch": e, "done": [batch numbers]}
 
@@ -325,14 +325,24 @@ class GeoDataModule(L.LightningDataModule):
     def _current_epoch(self) -> int:
         return self.trainer.current_epoch if self.trainer is not None else max(self._stream_epoch + 1, 0)
 
-    def _resume_point(self, epoch: int) -> frozenset:
-        """Batches of ``epoch`` to leave out: those a resumed checkpoint had trained on, once."""
+    def _resume_point(self, epoch: int, world: int) -> frozenset:
+        """Batches of ``epoch`` to leave out: those a resumed checkpoint had trained on, once.
+
+        Batch numbers depend on the number of processes and the batch size (not on the workers): with
+        others than the checkpoint's, the epoch restarts, and one line says so.
+        """
         resume, self._stream_resume = self._stream_resume, None
         if resume is None and epoch == self._stream_epoch and not self._stream_done - self._stream_skip:
             return self._stream_skip  # the same epoch's loader started again before any batch: the same plan
-        self._stream_epoch = epoch
+        self._stream_epoch, self._stream_world = epoch, world
         self._stream_done, self._stream_skip = set(), frozenset()
-        if resume is None or int(resume.get("epoch", -1)) != epoch:
+        if resume is None or int(resume.get("epoch", -1)) != epoch or not resume.get("done"):
+            return self._stream_skip
+        same = (resume.get("world"), resume.get("batch_size")) == (world, self.hparams.batch_size)
+        if not same:
+            rank_zero_info(f"resuming epoch {epoch} of {self.index_path}: the epoch restarts from its first batch (the "
+                           f"checkpoint was written with {resume.get('world')} process(es) and batch size "
+                           f"{resume.get('batch_size')}, this run has {world} and {self.hparams.batch_size})")
             return self._stream_skip
         self._stream_done = set(int(b) for b in resume["done"])
         self._stream_skip = frozenset(self._stream_done)
@@ -342,7 +352,8 @@ class GeoDataModule(L.LightningDataModule):
 
     def _stream_state(self) -> dict:
         """Which training batches of the current epoch the model has had: what a checkpoint carries to resume there."""
-        return {"epoch": self._stream_epoch, "done": sorted(self._stream_done)}
+        return {"epoch": self._stream_epoch, "done": sorted(self._stream_done), "world": self._stream_world,
+                "batch_size": self.hparams.batch_size}
 
     def _stream_restore(self, state: dict) -> None:
         self._stream_resume = state

@@ -411,7 +411,7 @@ class StreamLoader(DataLoader):
     ``state_dict``, one state) and a resumed run leaves those batches out.
     """
 
-    def __init__(self, stream: ShardStream, epoch: Callable[[], int], resume: Callable[[int], frozenset],
+    def __init__(self, stream: ShardStream, epoch: Callable[[], int], resume: Callable[[int, int], frozenset],
                  state: Callable[[], dict], restore: Callable[[dict], None], **kwargs):
         super().__init__(stream, batch_size=None, persistent_workers=False, **kwargs)
         self._epoch, self._resume, self._state, self._restore = epoch, resume, state, restore
@@ -421,7 +421,7 @@ class StreamLoader(DataLoader):
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             stream.rank, stream.world = torch.distributed.get_rank(), torch.distributed.get_world_size()
         stream.epoch = int(self._epoch())
-        stream.skip = self._resume(stream.epoch)
+        stream.skip = self._resume(stream.epoch, stream.world)
         stream.prepare()
         return super().__iter__()
 
