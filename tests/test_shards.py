@@ -137,6 +137,17 @@ def test_pack_to_a_url_and_read_it_back(tmp_path):
         GeoDataModule((tmp_path / "src").as_uri())
 
 
+@pytest.mark.parametrize("url", ["s3://AKIAEXAMPLE:sEcReT123@bucket/set", "s3://bucket/set?access_key=AKIAEXAMPLE&secret_key=sEcReT123"])
+def test_a_url_with_credentials_is_refused_without_quoting_them(tmp_path, capsys, url):
+    index = build_tiny_index(tmp_path / "src", n=12)
+    with pytest.raises(PackError) as e:
+        GeoDataModule(url)
+    assert "sEcReT123" not in str(e.value) and "AKIAEXAMPLE" not in str(e.value) and "environment" in str(e.value)
+    assert main(["pack", str(index), "--out", url]) == 2
+    captured = capsys.readouterr()
+    assert "sEcReT123" not in captured.err + captured.out and not (tmp_path / "bucket").exists()
+
+
 # --- the streamed train loader ----------------------------------------------------------------
 
 

@@ -64,20 +64,42 @@ def _is_url(location: str) -> bool:
     return "://" in location
 
 
+#: URL query parameters through which pyarrow would take credentials
+_SECRET_QUERY = ("access_key", "secret_key", "session_token", "credentials")
+
+
+def check_no_credentials(location: str) -> None:
+    """Refuse a URL that carries credentials: it would be written to run configs, checkpoints and records.
+
+    The message names only the scheme and host, never the URL itself.
+    """
+    from urllib.parse import parse_qs, urlsplit
+
+    parts = urlsplit(location)
+    if parts.username or parts.password or any(k.lower() in _SECRET_QUERY for k in parse_qs(parts.query)):
+        raise PackError(f"a {parts.scheme}:// URL for {parts.hostname or 'a bucket'} carries credentials; give them "
+                        "through the environment (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS) "
+                        "instead: a URL is written to run configs and checkpoints")
+
+
 def filesystem(location: str | os.PathLike) -> tuple[pa.fs.FileSystem, str]:
     """(file system, path on it) for a local folder or a URL (``s3://bucket/set``, ``gs://...``, ``file:///...``)."""
     location = os.fspath(location)
     if _is_url(location):
+        check_no_credentials(location)
         try:
             return pa.fs.FileSystem.from_uri(location)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as e:
             raise PackError(f"{location}: cannot open this location ({e})") from None
+        # (credentials were refused above, so the URL may be quoted)
     return pa.fs.LocalFileSystem(), os.path.abspath(location)
 
 
 def is_packed(location: str | os.PathLike) -> bool:
     """Whether ``location`` is a finished packed set (raises :class:`PackError` for an unfinished one)."""
     location = os.fspath(location)
+    if _is_url(location):
+        check_no_credentials(location)  # before any message could quote the URL
     if not _is_url(location) and not os.path.isdir(location):
         return False
     fs, base = filesystem(location)
