@@ -12,7 +12,7 @@ and pandas read it as any other. Rows are stored split by split, each split shuf
 so that a row group mixes places and countries.
 
 Training reads it without holding it: the main process keeps only NumPy columns (coordinates, class
-codes, split codes: about 20 bytes per row), and each loader process keeps at most ``buffer`` row
+codes, split codes, row numbers: about 30 bytes per row), and each loader process keeps at most ``buffer`` row
 groups of image bytes. The train loader streams whole batches (:class:`ShardStream`): per epoch, a
 seeded permutation of the row groups, a shuffle within windows of ``buffer`` row groups, then
 contiguous shares for every DDP rank and, within a rank, for every loader worker. Every rank gets the
