@@ -61,6 +61,7 @@ def test_scrape_durability_quick(tmp_path):
     assert all(v > 0 for v in figures.values())
 
 
+@pytest.mark.slow
 def test_scale_quick(tmp_path, demo_index):
     figures = run_quick("scale", tmp_path)
     assert figures["model_images_per_s"] > 0 and set(figures["goals"]) >= {"memory_growth", "setup_s", "shards_over_files"}

@@ -20,7 +20,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("index", help="parquet index file or shard folder, or 'demo'")
     p.add_argument("--out", required=True, help="a new folder, or a URL (s3://..., gs://...)")
     p.add_argument("--max-side", type=int, default=None,
-                   help="re-encode images whose long side is larger to this many pixels (e.g. 512 for training at 224)")
+                   help="re-encode images whose long side is larger to this many pixels (e.g. 448 for training at 224)")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality of re-encoded images (default 90)")
     p.add_argument("--rows-per-group", type=int, default=512,
                    help="images per row group, the unit each loader process reads and buffers (default 512)")
