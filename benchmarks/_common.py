@@ -174,6 +174,71 @@ def peak_rss_mib() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
+class RssSampler:
+    """Peak resident memory of this process plus all its descendants, sampled from /proc."""
+
+    def __init__(self, every: float = 0.02):
+        import threading
+
+        self.every, self.peak, self.peak_pss, self._stop = every, 0, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def tree_rss() -> tuple[int, int]:
+        """(RSS, PSS) in bytes summed over this process and its descendants; PSS shares pages fairly between them."""
+        import os
+
+        me = os.getpid()
+        parents: dict[int, int] = {}
+        rss: dict[int, int] = {}
+        for d in Path("/proc").iterdir():
+            if not d.name.isdigit():
+                continue
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+                parents[int(d.name)] = int(fields[1])
+                rss[int(d.name)] = int(fields[21]) * 4096
+            except (OSError, IndexError, ValueError):
+                continue
+        tree, total = {me}, 0
+        changed = True
+        while changed:
+            changed = False
+            for pid, ppid in parents.items():
+                if ppid in tree and pid not in tree:
+                    tree.add(pid)
+                    changed = True
+        pss = 0
+        for pid in tree:
+            total += rss.get(pid, 0)
+            try:
+                for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                    if line.startswith("Pss:"):
+                        pss += int(line.split()[1]) * 1024
+                        break
+            except OSError:
+                pass
+        return total, pss
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(self.every)
+
+    def _sample(self) -> None:
+        rss, pss = self.tree_rss()
+        self.peak, self.peak_pss = max(self.peak, rss), max(self.peak_pss, pss)
+
+    def __enter__(self) -> "RssSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+
 # --- test photos ----------------------------------------------------------------------------------
 
 

@@ -31,6 +31,7 @@ COMMANDS = {
     "explain": ("explain", "Grad-CAM: which parts of a photo the model used for its guess"),
     "geocells": ("geocells", "build geocells from an index (or read a checkpoint's) and draw them on a map"),
     "ablate": ("ablate", "rerun the study's tables and the geocell comparison; writes a Markdown results page"),
+    "pack": ("pack", "embed an index's images in parquet shards that training streams (millions of images, DDP)"),
     "export-dataset": ("export_dataset", "write an index as a Hugging Face datasets folder (parquet shards + dataset card)"),
     "report": ("report", "evaluate a checkpoint on an index split: metrics, confusion, error CDF, map, report.md"),
     "export": ("export", "write a checkpoint as a shareable Hugging Face folder (safetensors, config, model card)"),

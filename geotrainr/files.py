@@ -78,3 +78,30 @@ def replace_folder(tmp: str | os.PathLike, out: str | os.PathLike) -> Path:
     else:
         os.replace(tmp, out)
     return out
+
+
+class atomic_path:  # noqa: N801 - used as a context manager, like open()
+    """A temporary path beside ``path`` for a writer that wants a file name (pyarrow, zipfile, PIL).
+
+    ``with atomic_path(out) as tmp: write(tmp)`` renames ``tmp`` to ``out`` when the block succeeds
+    and removes it when it fails, so ``out`` is either the old file or the whole new one.
+    """
+
+    def __init__(self, path: str | os.PathLike, durable: bool = False):
+        self.path, self.durable = Path(path), durable
+        self.tmp = _tmp_name(self.path)
+
+    def __enter__(self) -> Path:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                if self.durable:
+                    fsync_file(self.tmp)
+                os.replace(self.tmp, self.path)
+                if self.durable:
+                    fsync_dir(self.path.parent)
+        finally:
+            self.tmp.unlink(missing_ok=True)

@@ -59,3 +59,19 @@ def test_scrape_durability_quick(tmp_path):
     figures = run_quick("scrape_durability", tmp_path)
     assert {"store_fsync", "store_no_fsync", "scrape_fsync", "scrape_no_fsync", "resume_check"} <= set(figures)
     assert all(v > 0 for v in figures.values())
+
+
+@pytest.mark.slow
+def test_scale_quick(tmp_path, demo_index):
+    figures = run_quick("scale", tmp_path)
+    assert figures["model_images_per_s"] > 0 and set(figures["goals"]) >= {"memory_growth", "setup_s", "shards_over_files"}
+    for arm in ("files-2000", "packed-2000", "files-4000", "packed-4000"):
+        assert figures[arm]["images_per_s"] > 0 and figures[arm]["peak_rss_mib"] > 0
+
+
+@pytest.mark.slow
+def test_shard_engines_quick(tmp_path, demo_index):
+    pytest.importorskip("litdata")
+    pytest.importorskip("webdataset")
+    figures = run_quick("shard_engines", tmp_path)
+    assert all(figures[e]["images_per_s"] > 0 for e in ("files", "parquet", "webdataset", "litdata"))

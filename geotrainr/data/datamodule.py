@@ -16,6 +16,7 @@ from geotrainr.countries import get_country
 from geotrainr.data.dataset import GeoDataset, collate_skip
 from geotrainr.preprocess import Preprocessing, build_transform
 from geotrainr.data.index import IndexValidationError, assign_splits, index_root, read_index, validate_index
+from geotrainr.data.shards import PackedDataset, PackedSet, ShardStream, StreamLoader, is_packed
 from geotrainr.errors import GeotrainrError
 
 
@@ -30,6 +31,13 @@ def resolve_index(index: str | os.PathLike) -> Path:
 
         return ensure_demo()
     return Path(index)
+
+
+def open_packed(index: str | os.PathLike, buffer: int) -> PackedSet | None:
+    """The packed set at ``index`` (a folder or URL written by ``geotrainr pack``), else None."""
+    if str(index) == "demo" or not is_packed(index):
+        return None
+    return PackedSet(index, buffer)
 
 
 class GeoDataModule(L.LightningDataModule):
@@ -55,7 +63,10 @@ class GeoDataModule(L.LightningDataModule):
         draft_decode: let the JPEG decoder downscale large images while decoding, as the model's
             preprocessing says (``Preprocessing.draft``); False decodes at full size.
         predict_split: rows that ``predict`` runs on (train, val, test or all).
-        seed: seed of the fallback random split for an index without a split column.
+        seed: seed of the fallback random split for an index without a split column; for a packed set
+            also of the per-epoch shuffle.
+        stream_buffer: for a packed set (``geotrainr pack``), the row groups of image bytes each loader
+            process keeps in memory; training shuffles within windows of this many row groups.
     """
 
     def __init__(
@@ -72,11 +83,18 @@ class GeoDataModule(L.LightningDataModule):
         draft_decode: bool = True,
         predict_split: str = "val",
         seed: int = 0,
+        stream_buffer: int = 4,
     ):
         super().__init__()
         if not 0.0 <= max_unreadable <= 1.0:
             raise IndexValidationError(f"max_unreadable {max_unreadable!r}: must be a fraction in [0, 1]")
         self.save_hyperparameters(ignore=["countries"])  # the model logs the resolved class list
+        # --- packed sets (geotrainr pack) are streamed from their row groups: geotrainr/data/shards.py
+        self.packed = open_packed(index, stream_buffer)
+        if self.packed is not None:
+            self._init_packed(countries)
+            return
+        # ---
         self.index_path = resolve_index(index)
         self.root = index_root(self.index_path)
         meta = read_index(self.index_path, columns=["country", "split", "lat", "lon", "image_path"])
@@ -105,6 +123,9 @@ class GeoDataModule(L.LightningDataModule):
         model = self.trainer.lightning_module if self.trainer is not None else None
         if model is not None and getattr(model, "preprocessing", None) is not None:
             self.preprocessing = model.preprocessing
+        if self.packed is not None:
+            self.packed.columns()  # the light columns, once; images stay on disk
+            return
         if self.frames:
             return
         df = validate_index(read_index(self.index_path))
@@ -122,6 +143,8 @@ class GeoDataModule(L.LightningDataModule):
             rank_zero_info(f"countries outside the class list (kept for coordinate metrics): {', '.join(unseen)}")
 
     def dataset(self, split: str, train: bool = False) -> GeoDataset:
+        if self.packed is not None:
+            return self._packed_dataset(split, train)
         if not self.frames:
             self.setup()
         if split not in self.frames:
@@ -140,6 +163,8 @@ class GeoDataModule(L.LightningDataModule):
             raise IndexValidationError(f"{self.index_path}: the {split} split is empty")
         workers = self.hparams.num_workers
         pin = torch.cuda.is_available() if self.hparams.pin_memory is None else self.hparams.pin_memory
+        if self.packed is not None and train:
+            return self._stream_loader(ds, workers, pin)
         return DataLoader(
             ds,
             batch_size=self.hparams.batch_size,
@@ -167,6 +192,8 @@ class GeoDataModule(L.LightningDataModule):
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         skipped = batch.pop("skipped", 0) if isinstance(batch, dict) else 0
+        if isinstance(batch, dict) and "stream_batch" in batch:  # a packed set's training batch: remember it for resuming
+            self._stream_done.add(int(batch.pop("stream_batch")))
         if self.trainer is not None and isinstance(batch, dict):
             stage = self.trainer.state.stage.value if self.trainer.state.stage else "train"
             stage = {"validate": "val", "sanity_check": "val"}.get(stage, stage)
@@ -217,6 +244,8 @@ class GeoDataModule(L.LightningDataModule):
         """What a model card says of the training data: index, images per split, sources, licences, attribution."""
         from geotrainr.hub import KNOWN_SOURCES
 
+        if self.packed is not None:
+            return self._describe_packed(KNOWN_SOURCES)
         if not self.frames:
             self.setup()
         df = self.frames["all"]
@@ -239,6 +268,8 @@ class GeoDataModule(L.LightningDataModule):
 
     def train_coordinates(self) -> tuple[np.ndarray, list[str]]:
         """(lat, lon) (N, 2) and country codes of the training rows whose country is a class (for geocells)."""
+        if self.packed is not None:
+            return self._packed_train_coordinates()
         if not self.frames:
             self.setup()
         train = self.frames["train"]
@@ -251,3 +282,109 @@ class GeoDataModule(L.LightningDataModule):
     def class_centres(self) -> np.ndarray:
         """(num_classes, 2) centres of the classes, for anchors and country guesses."""
         return np.array([(get_country(c).lat, get_country(c).lon) for c in self.countries], dtype=np.float64)
+
+    # --- packed sets: streamed, see geotrainr/data/shards.py ------------------------------------
+
+    def _init_packed(self, countries: list[str] | None) -> None:
+        """``__init__`` for a packed set: the class list and split counts come from its manifest, nothing is read."""
+        self.index_path = Path(self.packed.location)
+        self.root = self.index_path
+        self._has_split = True
+        self.countries = [get_country(c).iso2 for c in countries] if countries else self.packed.countries
+        if not self.countries:
+            raise IndexValidationError(f"{self.packed.location}: the training split holds no rows")
+        self.num_classes = len(self.countries)
+        self.preprocessing = Preprocessing()
+        self.frames: dict[str, object] = {}
+        self.skipped = {"train": 0, "val": 0, "test": 0, "predict": 0}
+        self.seen = {"train": 0, "val": 0, "test": 0, "predict": 0}
+        self.has_test_split = self.packed.split_rows.get("test", 0) > 0
+        self._stream_done: set[int] = set()  # batches of the current epoch the model has had
+        self._stream_epoch, self._stream_world = -1, 1
+        self._stream_skip: frozenset[int] = frozenset()  # batches the current epoch's plan leaves out
+        self._stream_resume: dict | None = None  # from a checkpoint: {"epoch": e, "done": [batch numbers]}
+
+    def _packed_dataset(self, split: str, train: bool) -> PackedDataset:
+        if split not in ("train", "val", "test", "all"):
+            raise ValueError(f"unknown split {split!r}; use train, val, test or all")
+        if split == "test" and not self.has_test_split:
+            if rank_zero_only.rank == 0:
+                print(f"warning: {self.index_path} has no test split: the test stage scores the val split "
+                      "(re-index with --test 0.1 for a held-out test set)", file=sys.stderr)
+            split = "val"
+        transform = build_transform(self.preprocessing, train=train, hflip=self.hparams.hflip, augment=self.hparams.augment)
+        draft = self.preprocessing.draft_size if self.hparams.draft_decode else None
+        return PackedDataset(self.packed, self.packed.split_index(split), transform, self.countries, self.hparams.strict, draft)
+
+    def _stream_loader(self, ds: PackedDataset, workers: int, pin: bool) -> StreamLoader:
+        """Whole batches streamed from the row groups, disjoint per rank and worker, reshuffled every epoch."""
+        stream = ShardStream(ds, self.hparams.batch_size, self.hparams.seed)
+        return StreamLoader(stream, self._current_epoch, self._resume_point, self._stream_state, self._stream_restore,
+                            num_workers=workers, pin_memory=pin)
+
+    def _current_epoch(self) -> int:
+        return self.trainer.current_epoch if self.trainer is not None else max(self._stream_epoch + 1, 0)
+
+    def _resume_point(self, epoch: int, world: int) -> frozenset:
+        """Batches of ``epoch`` to leave out: those a resumed checkpoint had trained on, once.
+
+        Batch numbers depend on the number of processes and the batch size (not on the workers): with
+        others than the checkpoint's, the epoch restarts, and one line says so.
+        """
+        resume, self._stream_resume = self._stream_resume, None
+        if resume is None and epoch == self._stream_epoch and not self._stream_done - self._stream_skip:
+            return self._stream_skip  # the same epoch's loader started again before any batch: the same plan
+        self._stream_epoch, self._stream_world = epoch, world
+        self._stream_done, self._stream_skip = set(), frozenset()
+        if resume is None or int(resume.get("epoch", -1)) != epoch or not resume.get("done"):
+            return self._stream_skip
+        same = (resume.get("world"), resume.get("batch_size")) == (world, self.hparams.batch_size)
+        if not same:
+            rank_zero_info(f"resuming epoch {epoch} of {self.index_path}: the epoch restarts from its first batch (the "
+                           f"checkpoint was written with {resume.get('world')} process(es) and batch size "
+                           f"{resume.get('batch_size')}, this run has {world} and {self.hparams.batch_size})")
+            return self._stream_skip
+        self._stream_done = set(int(b) for b in resume["done"])
+        self._stream_skip = frozenset(self._stream_done)
+        rank_zero_info(f"resuming epoch {epoch} of {self.index_path} where it stopped: {len(self._stream_done)} batches "
+                       "of this epoch were trained on and are not read again")
+        return self._stream_skip
+
+    def _stream_state(self) -> dict:
+        """Which training batches of the current epoch the model has had: what a checkpoint carries to resume there."""
+        return {"epoch": self._stream_epoch, "done": sorted(self._stream_done), "world": self._stream_world,
+                "batch_size": self.hparams.batch_size}
+
+    def _stream_restore(self, state: dict) -> None:
+        self._stream_resume = state
+
+    def state_dict(self) -> dict:
+        """A packed set's resume point (Lightning restores the datamodule before it builds the loaders)."""
+        return {"stream": self._stream_state()} if self.packed is not None else {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if self.packed is not None and "stream" in state_dict:
+            self._stream_restore(state_dict["stream"])
+
+    def _describe_packed(self, known_sources: dict) -> dict:
+        m = self.packed.manifest
+        images = {s: n for s, n in self.packed.split_rows.items() if s != "test" or n}
+        licences, attribution = list(m.get("licences", [])), []
+        for s in m.get("sources", []):
+            if s in known_sources:
+                licences.append(known_sources[s][0])
+                attribution.append(known_sources[s][1])
+        if m.get("creators"):
+            attribution.append(f"{m['creators']:,} photographers (the index's creator column)")
+        return {"index": Path(self.packed.location).name, "images": images, "sources": list(m.get("sources", [])),
+                "licences": sorted(set(licences)), "attribution": attribution}
+
+    def _packed_train_coordinates(self) -> tuple[np.ndarray, list[str]]:
+        cols = self.packed.columns()
+        rows = self.packed.split_index("train")
+        codes = self.packed.country_codes[cols["country"][rows]]
+        known = np.isin(codes, self.countries)
+        if not known.any():
+            raise IndexValidationError(f"{self.index_path}: no training rows in the class list's countries")
+        rows = rows[known]
+        return np.stack([cols["lat"][rows], cols["lon"][rows]], axis=1).astype(np.float64), codes[known].tolist()

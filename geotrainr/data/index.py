@@ -55,6 +55,15 @@ class IndexValidationError(GeotrainrError, ValueError):
     """The index (or its source) breaks the contract; the message names the row and the problem."""
 
 
+#: a packed set's manifest (written last), and the marker of a pack in progress (see geotrainr/data/shards.py)
+PACK_MANIFEST = "_geotrainr_pack.json"
+PACK_PARTIAL = "_geotrainr_pack.partial.json"
+
+
+def unfinished_pack(location) -> str:
+    return f"{location}: an unfinished pack (geotrainr pack was interrupted); run the same geotrainr pack command again to finish it"
+
+
 def index_root(path: str | os.PathLike) -> Path:
     """Folder that ``image_path`` and ``archive`` values are relative to."""
     return Path(path).resolve().parent
@@ -88,6 +97,8 @@ def read_index(path: str | os.PathLike, columns: Iterable[str] | None = None) ->
         raise IndexValidationError(f"{path}: no such index file or folder")
     try:
         if path.is_dir():
+            if (path / PACK_PARTIAL).exists() and not (path / PACK_MANIFEST).exists():
+                raise IndexValidationError(unfinished_pack(path))
             shards = sorted(p for p in path.glob("*.parquet") if not p.name.startswith((".", "_")))
             if not shards:
                 raise IndexValidationError(f"{path}: folder holds no parquet shard")
