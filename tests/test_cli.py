@@ -20,3 +20,10 @@ def test_version_and_module_entry():
 def test_unknown_verb_exit_2(capsys):
     assert main(["frobnicate"]) == 2
     assert "unknown verb" in capsys.readouterr().err
+
+
+def test_an_unknown_augmentation_policy_is_one_line(tiny_index, capsys):
+    code = main(["fit", "--config", "country", f"--data.init_args.index={tiny_index}",
+                 "--data.init_args.augment=flips", "--trainer.fast_dev_run=true"])
+    err = capsys.readouterr().err
+    assert code == 2 and "augment 'flips' is not a policy" in err and "Traceback" not in err
