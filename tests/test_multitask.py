@@ -148,3 +148,22 @@ def test_multitask_trains_on_a_single_country(tmp_path, monkeypatch, capsys):
         out = model.predict_latlon(x)
     torch.testing.assert_close(out["probs"], torch.ones(2, 1, dtype=out["probs"].dtype))
     assert (great_circle_error_km(out["latlon"], torch.tensor([[45.2, 15.2]], dtype=torch.float64)) < 100).all()
+
+
+def test_country_model_init_starts_the_backbone_and_the_country_head(tmp_path):
+    from geotrainr.tasks import CountryClassifier
+    import lightning as L
+
+    country = CountryClassifier(countries=["DE", "FR"], backbone="test_efficientnet", weights=None, image_size=32)
+    ckpt = tmp_path / "country.ckpt"
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_epochs=0)
+    trainer.strategy.connect(country)
+    trainer.save_checkpoint(ckpt)
+    m = MultiTaskGeolocator(countries=["DE", "FR"], backbone="test_efficientnet", weights=None, image_size=32,
+                            init_from=str(ckpt))
+    assert torch.equal(m.country_head.weight, country.head[1].weight)
+    for (name, a), (_, b) in zip(m.backbone.state_dict().items(), country.backbone.state_dict().items()):
+        assert torch.equal(a, b), name
+    other = MultiTaskGeolocator(countries=["FR", "DE"], backbone="test_efficientnet", weights=None, image_size=32,
+                                init_from=str(ckpt))  # another class order: the backbone only
+    assert not torch.equal(other.country_head.weight, country.head[1].weight)

@@ -26,6 +26,9 @@ class MultiTaskGeolocator(CoordinateRegressor):
     reported cell distribution is P(country) x P(cell | country), so that decoding it (as several
     views of one place are, averaged) gives the same country and cell as the single-image guess.
 
+    Country-model init (``init_from`` a country checkpoint, the study's task-aware pretraining) starts
+    the backbone and, when the class lists agree, the country head from the country model.
+
     A single-country class list trains too: the country head is left out (its loss and accuracy
     would be trivially perfect), and the cells and offsets do the work.
 
@@ -65,6 +68,25 @@ class MultiTaskGeolocator(CoordinateRegressor):
         self._label_smoothing = label_smoothing
         self.offset_head: nn.Linear | None = None
         super().__init__(*args, head="geocells", freeze_backbone=freeze_backbone, **kwargs)
+        if self.hparams.get("init_from") and self.country_head is not None:
+            self._init_country_head(self.hparams.init_from)
+
+    def _init_country_head(self, path: str) -> bool:
+        """Country-model init goes beyond the backbone: a country checkpoint with the same class list also
+        starts the country head (its linear layer). Returns whether it did."""
+        from geotrainr.checkpoints import read_checkpoint
+
+        ckpt = read_checkpoint(path)
+        record = ckpt["geotrainr"]
+        weight, bias = ckpt["state_dict"].get("head.1.weight"), ckpt["state_dict"].get("head.1.bias")
+        if record.get("task") != "country" or record.get("countries") != self.countries or weight is None or bias is None:
+            return False
+        if tuple(weight.shape) != tuple(self.country_head.weight.shape):
+            return False
+        with torch.no_grad():
+            self.country_head.weight.copy_(weight)
+            self.country_head.bias.copy_(bias)
+        return True
 
     # --- heads -----------------------------------------------------------------------------------
 
