@@ -10,7 +10,9 @@ picked on the split it is scored on). Groups:
 - ``c``: distance prediction, Euclidean vs discriminator head;
 - ``d``: coordinates, geocell head vs linear head, with and without the country init;
 - ``aug``: country classification per training augmentation policy (``none``, ``geo-safe``, ``strong``);
-- ``res``: country classification per input resolution.
+- ``res``: country classification per input resolution;
+- ``mt``: the multi-task model against the single-task models (country, linear head, geocells end to end),
+  same epochs.
 
 Several evaluation sets (``demo``, ``demo-relief`` or index paths) run the same groups each, so a
 recipe picked on one set can be confirmed on another (:func:`transfer`).
@@ -33,7 +35,7 @@ from geotrainr.errors import GeotrainrError
 from geotrainr.files import write_text_atomic
 from geotrainr.runs import RunNotFoundError, find_checkpoint
 
-GROUPS = ("a", "b", "c", "d", "aug", "res")
+GROUPS = ("a", "b", "c", "d", "aug", "res", "mt")
 #: what ``geotrainr ablate`` runs without ``--groups``: the study's tables
 DEFAULT_GROUPS = ("a", "b", "c", "d")
 GROUP_TITLES = {
@@ -43,6 +45,7 @@ GROUP_TITLES = {
     "d": "(d) Coordinates: geocell head vs linear head, with and without country init",
     "aug": "(aug) Country classification per training augmentation policy",
     "res": "(res) Country classification per input resolution",
+    "mt": "(mt) Multi-task model vs the single-task models, same epochs",
 }
 #: the resolution group's input sizes by default (small enough for a CPU)
 DEFAULT_SIZES = (64, 96, 128)
@@ -137,6 +140,10 @@ def plan(groups: Sequence[str] = DEFAULT_GROUPS, backbones: Sequence[str] = DEFA
     if "aug" in groups:
         for policy in AUGMENT_POLICIES:
             runs.append(Run("aug", f"augment {policy}", "country.yaml", [*first_args, f"--data.init_args.augment={policy}"]))
+    if "mt" in groups:
+        for name, config in (("country model", "country.yaml"), ("linear head", "coords.yaml"),
+                             ("geocell head, end to end", "geocells.yaml"), ("multi-task", "multitask.yaml")):
+            runs.append(Run("mt", name, config, list(first_args)))
     if "res" in groups:
         for size in sizes:
             runs.append(Run("res", f"{int(size)} px", "country.yaml", [*first_args, f"--model.init_args.image_size={int(size)}"]))
@@ -173,7 +180,7 @@ def run_study(
     """Run the planned fits one after another, then evaluate each last checkpoint on ``split``.
 
     ``extra`` are overrides for every run (e.g. ``--trainer.limit_train_batches=10``),
-    ``geocell_extra`` for the geocell runs only (e.g. ``--model.init_args.max_per_cell=50``).
+    ``geocell_extra`` for the geocell and multi-task runs only (e.g. ``--model.init_args.max_per_cell=50``).
     """
     from geotrainr.lightning_cli import run_lightning
     from geotrainr.report import evaluate
@@ -204,7 +211,7 @@ def run_study(
                 raise AblationError("the country-model init needs the first country run, which did not finish")
             args.append(f"--model.init_args.init_from={country_ckpt}")
         args += list(extra)
-        if run.config == "geocells.yaml":
+        if run.config in ("geocells.yaml", "multitask.yaml"):
             args += list(geocell_extra)
         log(f"[{n}/{len(runs)}] {GROUP_TITLES[run.group].split(')')[0]}) {run.name}")
         start = time.perf_counter()
@@ -273,7 +280,7 @@ def goals(runs: Sequence[Run]) -> list[str]:
 
 #: the metric a group is judged by across evaluation sets, and whether higher is better
 GROUP_METRIC = {"a": ("acc1", True), "aug": ("acc1", True), "res": ("acc1", True), "b": ("err_km_median", False),
-                "d": ("err_km_median", False), "c": ("err_deg_mean", False)}
+                "d": ("err_km_median", False), "c": ("err_deg_mean", False), "mt": ("err_km_median", False)}
 
 
 def transfer(runs: Sequence[Run], group: str) -> tuple[list[str], str | None]:
@@ -297,6 +304,26 @@ def transfer(runs: Sequence[Run], group: str) -> tuple[list[str], str | None]:
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
     winner = best_per_set[0] if best_per_set and all(b == best_per_set[0] for b in best_per_set) else None
     return lines, winner
+
+
+def multitask_goals(runs: Sequence[Run]) -> list[str]:
+    """The multi-task model against each single-task model on that model's own metric, and geocells vs linear."""
+    by = {r.name: r for r in runs if r.group == "mt" and r.metrics}
+    out = []
+    multi, country, geo, lin = (by.get(n) for n in ("multi-task", "country model", "geocell head, end to end", "linear head"))
+    if multi and country and "acc1" in country.metrics and "acc1" in multi.metrics:
+        a, b = country.metrics["acc1"], multi.metrics["acc1"]
+        out.append(f"- Country Acc@1: multi-task {100 * b:.1f} % vs country model {100 * a:.1f} % "
+                   f"({'beats' if b > a else 'does not beat'} it).")
+    if multi and geo:
+        a, b = geo.metrics["err_km_median"], multi.metrics["err_km_median"]
+        out.append(f"- Median error: multi-task {b:,.0f} km vs geocell model {a:,.0f} km "
+                   f"({'beats' if b < a else 'does not beat'} it).")
+    if geo and lin:
+        ratio = geo.metrics["err_km_median"] / lin.metrics["err_km_median"]
+        out.append(f"- Geocells end to end vs the linear head: {ratio:.2f}x its median km "
+                   f"({geo.metrics['err_km_median']:,.0f} vs {lin.metrics['err_km_median']:,.0f} km).")
+    return out
 
 
 def write_results(runs: Sequence[Run], out: str | os.PathLike, command: str, index: str, split: str,
@@ -349,8 +376,8 @@ def write_results(runs: Sequence[Run], out: str | os.PathLike, command: str, ind
             lines += [f"## Evaluation set `{s}`", ""]
             level = "###"
         groups = [g for g in GROUPS if any(r.group == g for r in set_runs)]
-        if any(r.group in ("b", "d") for r in set_runs):
-            lines += [f"{level} Goals", ""] + goals(set_runs) + [""]
+        if any(r.group in ("b", "d", "mt") for r in set_runs):
+            lines += [f"{level} Goals", ""] + goals(set_runs) + multitask_goals(set_runs) + [""]
         for g in groups:
             lines += [f"{level} {GROUP_TITLES[g]}", ""] + table(set_runs, g) + [""]
     lines += ["## Runs", "", "| group | run | config | overrides |", "| --- | --- | --- | --- |"]

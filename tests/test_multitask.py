@@ -167,3 +167,25 @@ def test_country_model_init_starts_the_backbone_and_the_country_head(tmp_path):
     other = MultiTaskGeolocator(countries=["FR", "DE"], backbone="test_efficientnet", weights=None, image_size=32,
                                 init_from=str(ckpt))  # another class order: the backbone only
     assert not torch.equal(other.country_head.weight, country.head[1].weight)
+
+
+@pytest.mark.parametrize("name", ["geocells", "multitask"])
+def test_new_sweeps_parameters_parse_and_run(name, tiny_index, tmp_path, monkeypatch):
+    """Each parameter the way the W&B agent passes it (--name=value) reaches the config it names."""
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    sweep = yaml.safe_load((ROOT / "configs" / "sweeps" / f"{name}.yaml").read_text())
+    assert sweep["program"] == "geotrainr" and "${args}" in sweep["command"]
+    assert sweep["command"][sweep["command"].index("--config") + 1] == name
+    agent_args = []
+    for key, spec in sweep["parameters"].items():
+        value = spec.get("value", spec["values"][0] if "values" in spec else spec.get("min"))
+        agent_args.append(f"--{key}={value}")
+    agent_args = [a for a in agent_args if not a.startswith("--data.init_args.index=")]
+    args = [*tiny_args(tiny_index, "country"), "--config", str(ROOT / "configs" / f"{name}.yaml"),
+            f"--data.init_args.index={tiny_index}", "--model.init_args.backbone=test_efficientnet",
+            "--model.init_args.weights=null", "--model.init_args.image_size=32", "--data.init_args.num_workers=0",
+            "--data.init_args.batch_size=8", "--model.init_args.min_per_cell=2", "--model.init_args.max_per_cell=4"]
+    agent_args = [a for a in agent_args if not a.startswith("--model.init_args.max_per_cell=")]
+    assert main(["fit", *args, *agent_args, "--trainer.fast_dev_run=true"]) == 0
