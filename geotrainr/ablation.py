@@ -290,7 +290,7 @@ def transfer(runs: Sequence[Run], group: str) -> tuple[list[str], str | None]:
     names = list(dict.fromkeys(r.name for r in runs if r.group == group))
     key, higher = GROUP_METRIC[group]
     value = {(r.index, r.name): r.metrics.get(key) for r in runs if r.group == group}
-    lines = [f"| run | " + " | ".join(f"`{s}` {COLUMNS[key]}" for s in sets) + " |",
+    lines = ["| run | " + " | ".join(f"`{s}` {COLUMNS[key]}" for s in sets) + " |",
              "| --- | " + " | ".join("---:" for _ in sets) + " |"]
     best_per_set = []
     for s in sets:

@@ -158,3 +158,11 @@ def test_augment_takes_a_policy_name_and_the_old_booleans(tmp_path):
     assert GeoDataModule(str(idx), num_workers=0, augment="strong").augment == "strong"
     with pytest.raises(AugmentPolicyError):
         GeoDataModule(str(idx), num_workers=0, augment="flips")
+
+
+def test_a_class_list_naming_a_country_twice_is_one_line(tmp_path):
+    from geotrainr.countries import UnknownCountryError
+
+    idx = build_tiny_index(tmp_path)
+    with pytest.raises(UnknownCountryError, match="DE more than once"):
+        GeoDataModule(str(idx), num_workers=0, countries=["DE", "FR", "de"])

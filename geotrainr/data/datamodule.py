@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from torch.utils.data import DataLoader
 
-from geotrainr.countries import get_country
+from geotrainr.countries import class_list, get_country
 from geotrainr.data.dataset import GeoDataset, collate_skip
 from geotrainr.preprocess import Preprocessing, build_transform, resolve_policy
 from geotrainr.data.index import IndexValidationError, assign_splits, index_root, read_index, validate_index
@@ -86,7 +86,7 @@ class GeoDataModule(L.LightningDataModule):
         meta = read_index(self.index_path, columns=["country", "split", "lat", "lon", "image_path"])
         self._has_split = "split" in meta.columns
         if countries:
-            self.countries = [get_country(c).iso2 for c in countries]
+            self.countries = class_list(countries)
         else:
             train = meta[meta["split"] == "train"] if self._has_split else meta
             self.countries = sorted(train["country"].str.upper().unique().tolist())

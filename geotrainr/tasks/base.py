@@ -12,7 +12,7 @@ from torch import nn
 from torchmetrics import Metric, MetricCollection
 
 from geotrainr import __version__
-from geotrainr.countries import centres, get_country
+from geotrainr.countries import centres, class_list
 from geotrainr.errors import GeotrainrError
 from geotrainr.models.backbone import AUTO_WEIGHTS, LITE0_MODEL, create_backbone
 
@@ -116,7 +116,7 @@ class GeoTask(L.LightningModule):
         if head_warmup_epochs < 0:
             raise TaskConfigError(f"head_warmup_epochs must be 0 or more (got {head_warmup_epochs})")
         self._head_warmup_steps = 0  # set by configure_optimizers
-        self.countries = [get_country(c).iso2 for c in countries]
+        self.countries = class_list(countries)
         self.num_classes = len(self.countries)
         bb = create_backbone(backbone, pretrained=pretrained, weights=weights, freeze=freeze_backbone, image_size=image_size)
         self.backbone = bb.model
