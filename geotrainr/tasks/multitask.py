@@ -30,7 +30,8 @@ class MultiTaskGeolocator(CoordinateRegressor):
     the backbone and, when the class lists agree, the country head from the country model.
 
     A single-country class list trains too: the country head is left out (its loss and accuracy
-    would be trivially perfect), and the cells and offsets do the work.
+    would be trivially perfect), and the cells and offsets do the work. A head whose loss weight
+    is 0 is left out as well (the country from the cells alone; the cell's centroid as the answer).
 
     Args:
         country_weight, cell_weight, offset_weight: loss weights of the three heads.
@@ -66,6 +67,7 @@ class MultiTaskGeolocator(CoordinateRegressor):
         if not 0.0 <= label_smoothing < 1.0:
             raise TaskConfigError(f"label_smoothing {label_smoothing} is not a fraction in [0, 1)")
         self._label_smoothing = label_smoothing
+        self._weights = weights  # configure_heads runs inside super().__init__, before hparams exist
         self.offset_head: nn.Linear | None = None
         super().__init__(*args, head="geocells", freeze_backbone=freeze_backbone, **kwargs)
         if self.hparams.get("init_from") and self.country_head is not None:
@@ -92,14 +94,18 @@ class MultiTaskGeolocator(CoordinateRegressor):
 
     def configure_heads(self) -> None:
         super().configure_heads()  # the cell head comes with the cells (set_geocells)
-        self.country_head = nn.Linear(self.num_features, self.num_classes) if self.num_classes > 1 else None
+        # a head without a loss would never train (and DDP refuses parameters without gradients): none then
+        wanted = self.num_classes > 1 and self._weights["country_weight"] > 0
+        self.country_head = nn.Linear(self.num_features, self.num_classes) if wanted else None
 
     def set_geocells(self, cells: Geocells) -> None:
         """The cells, their heads (cells and per-cell offsets) and each cell's box of training points."""
         fresh = self.head is None or self.head.out_features != len(cells)
         super().set_geocells(cells)
         self.register_buffer("cell_bounds", torch.from_numpy(cells.bounds.astype("float64").copy()), persistent=False)
-        if fresh or self.offset_head is None or self.offset_head.out_features != 2 * len(cells):
+        if self._weights["offset_weight"] == 0:
+            self.offset_head = None
+        elif fresh or self.offset_head is None or self.offset_head.out_features != 2 * len(cells):
             self.offset_head = nn.Linear(self.num_features, 2 * len(cells))
             nn.init.zeros_(self.offset_head.weight)  # start at the centroids
             nn.init.zeros_(self.offset_head.bias)
@@ -110,7 +116,9 @@ class MultiTaskGeolocator(CoordinateRegressor):
     def heads(self, feats: torch.Tensor) -> dict[str, torch.Tensor]:
         """Raw outputs of the three heads for pooled features (N, F)."""
         self._require_cells()
-        out = {"cell_logits": self.head(feats).float(), "offsets": self.offset_head(feats).float()}
+        out = {"cell_logits": self.head(feats).float()}
+        if self.offset_head is not None:
+            out["offsets"] = self.offset_head(feats).float()
         if self.country_head is not None:
             out["country_logits"] = self.country_head(feats).float()
         return out
@@ -136,7 +144,7 @@ class MultiTaskGeolocator(CoordinateRegressor):
         inside = self.cell_country[None, :] == probs.argmax(-1, keepdim=True)
         cell = (cell_probs * inside).argmax(-1)
         latlon = self.cell_centroids[cell].clone()
-        if self.hparams.offset:
+        if self.hparams.offset and "offsets" in out:
             n = torch.arange(len(cell), device=cell.device)
             offset = out["offsets"].view(len(cell), -1, 2)[n, cell].double()
             box = self.cell_bounds[cell]
@@ -156,10 +164,10 @@ class MultiTaskGeolocator(CoordinateRegressor):
         distances = great_circle_error_km(true[:, None, :], self.cell_centroids[None, :, :])
         target = haversine_smoothed_targets(distances, hp.tau_km).float()
         loss = hp.cell_weight * -(target * out["cell_logits"].log_softmax(-1)).sum(-1).mean()
-        if "country_logits" in out and hp.country_weight > 0 and bool((batch["country"] >= 0).any()):
+        if "country_logits" in out and bool((batch["country"] >= 0).any()):
             loss = loss + hp.country_weight * F.cross_entropy(out["country_logits"], batch["country"],
                                                               label_smoothing=self._label_smoothing, ignore_index=-1)
-        if hp.offset_weight > 0:
+        if "offsets" in out:
             nearest = distances.argmin(-1)
             n = torch.arange(len(nearest), device=nearest.device)
             delta = (true.double() - self.cell_centroids[nearest]).float()
@@ -174,7 +182,8 @@ class MultiTaskGeolocator(CoordinateRegressor):
 
     @property
     def guess_note(self) -> str:
-        where = "the offset-corrected point inside a cell" if self.hparams.offset else "the centroid of a cell"
+        corrected = self.hparams.offset and self.offset_head is not None
+        where = "the offset-corrected point inside a cell" if corrected else "the centroid of a cell"
         return f"multi-task model: lat/lon is {where} of the guessed country"
 
     def explain_score(self, pooled: torch.Tensor, target: str | None) -> tuple[torch.Tensor, str, str, float]:
