@@ -100,7 +100,7 @@ def test_run_folders_are_claimed_one_by_one(tmp_path):
 def test_config_names_resolve_to_the_shipped_files(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     names = shipped_configs()
-    assert {"country", "coords", "distance", "geocells", "trainer/ddp", "logger/wandb"} == set(names)
+    assert {"country", "coords", "distance", "geocells", "multitask", "trainer/ddp", "logger/wandb"} == set(names)
     assert Path(resolve_config("country")) == CONFIG_DIR / "country.yaml"
     assert Path(resolve_config("trainer/ddp.yaml")) == CONFIG_DIR / "trainer" / "ddp.yaml"
     assert resolve_config_args(["--config=logger/wandb", "-c", "coords", "--x", "country"]) == [
