@@ -281,7 +281,7 @@ def _interpolation(pre: Preprocessing) -> str:
 AUGMENT_POLICIES = ("none", "geo-safe", "strong")
 #: The default policy, chosen on two evaluation sets from different imagery sources (docs/results.md,
 #: "Augmentation and resolution"): ``augment: true`` means this one.
-DEFAULT_AUGMENT = "geo-safe"
+DEFAULT_AUGMENT = "none"
 
 
 class AugmentPolicyError(GeotrainrError, ValueError):
