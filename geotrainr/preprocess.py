@@ -280,7 +280,7 @@ def _interpolation(pre: Preprocessing) -> str:
 #: and colour jitter (the recipe shipped before the policies existed).
 AUGMENT_POLICIES = ("none", "geo-safe", "strong")
 #: The default policy, chosen on two evaluation sets from different imagery sources (docs/results.md,
-#: "Augmentation and resolution"): ``augment: true`` means this one.
+#: "Augmentation on two evaluation sets"): ``augment: true`` means this one.
 DEFAULT_AUGMENT = "none"
 
 
