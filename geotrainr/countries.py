@@ -72,6 +72,16 @@ def resolve_countries(spec: str | list[str] | tuple[str, ...]) -> list[str]:
     return sorted(dict.fromkeys(out))
 
 
+def class_list(codes) -> list[str]:
+    """A class list in class order: validated upper-case codes, each once (a repeat would give one
+    country two classes and make every label ambiguous)."""
+    out = [get_country(str(c)).iso2 for c in codes]
+    repeated = sorted({c for c in out if out.count(c) > 1})
+    if repeated:
+        raise UnknownCountryError(f"the class list names {', '.join(repeated)} more than once; list each country once")
+    return out
+
+
 def centres(codes: list[str]) -> list[tuple[float, float]]:
     """(lat, lon) centre of each code, in the given order."""
     return [(get_country(c).lat, get_country(c).lon) for c in codes]

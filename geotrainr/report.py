@@ -170,6 +170,9 @@ def evaluate(
     if "source" in ds.frame.columns and (ds.frame["source"] == "bluemarble").any() or str(index) == "demo":
         notes.append("Data: the offline demo set, NASA Blue Marble patches around GeoNames places: an aerial "
                      "stand-in for street photos, so these numbers say nothing about street imagery.")
+    elif "source" in ds.frame.columns and (ds.frame["source"] == "relief").any() or str(index) == "demo-relief":
+        notes.append("Data: the offline relief set, shaded-relief map patches around GeoNames places: an aerial "
+                     "stand-in for street photos, so these numbers say nothing about street imagery.")
     unseen = sorted(set(truth["country"].astype(str).str.upper()) - set(loc.countries))
     if unseen:
         notes.append(f"True countries outside the model's class list (count against accuracy, left out of Acc@k): {', '.join(unseen)}")

@@ -20,3 +20,20 @@ def test_version_and_module_entry():
 def test_unknown_verb_exit_2(capsys):
     assert main(["frobnicate"]) == 2
     assert "unknown verb" in capsys.readouterr().err
+
+
+def test_an_unknown_augmentation_policy_is_one_line(tiny_index, capsys):
+    code = main(["fit", "--config", "country", f"--data.init_args.index={tiny_index}",
+                 "--data.init_args.augment=flips", "--trainer.fast_dev_run=true"])
+    err = capsys.readouterr().err
+    assert code == 2 and "augment 'flips' is not a policy" in err and "Traceback" not in err
+
+
+def test_a_class_list_that_cannot_work_is_one_line(tiny_index, capsys):
+    base = ["fit", "--config", "geocells", f"--data.init_args.index={tiny_index}", "--trainer.fast_dev_run=true",
+            "--model.init_args.backbone=test_efficientnet", "--model.init_args.weights=null"]
+    for countries, says in (("[DE,DE,FR]", "more than once"), ("[XX,DE]", "unknown country code"),
+                            ("[SE,CH]", "no training rows in the class list's countries")):
+        code = main([*base, f"--data.init_args.countries={countries}"])
+        err = capsys.readouterr().err
+        assert code == 2 and says in err and "Traceback" not in err, countries

@@ -2,7 +2,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import make_image
+from conftest import build_tiny_index, make_image
 from geotrainr.data import GeoDataModule
 from geotrainr.data.dataset import ImageLoadError, Preprocessing, load_rgb
 from geotrainr.data.index import write_index
@@ -146,3 +146,23 @@ def test_eval_resize_and_crop_match_torchvision_within_one_level(interpolation):
             assert np.abs(a - b).max() <= 1, (photo.size, size, resize_to, np.abs(a - b).max())
             if resize_to == min(photo.size) or interpolation == "nearest":
                 assert np.array_equal(a, b)  # unresampled crops and nearest neighbour take exactly torchvision's path
+
+
+def test_augment_takes_a_policy_name_and_the_old_booleans(tmp_path):
+    from geotrainr.preprocess import DEFAULT_AUGMENT, AugmentPolicyError
+
+    idx = build_tiny_index(tmp_path)
+    assert GeoDataModule(str(idx), num_workers=0).augment == DEFAULT_AUGMENT
+    assert GeoDataModule(str(idx), num_workers=0, augment=True).augment == DEFAULT_AUGMENT
+    assert GeoDataModule(str(idx), num_workers=0, augment=False).augment == "none"
+    assert GeoDataModule(str(idx), num_workers=0, augment="strong").augment == "strong"
+    with pytest.raises(AugmentPolicyError):
+        GeoDataModule(str(idx), num_workers=0, augment="flips")
+
+
+def test_a_class_list_naming_a_country_twice_is_one_line(tmp_path):
+    from geotrainr.countries import UnknownCountryError
+
+    idx = build_tiny_index(tmp_path)
+    with pytest.raises(UnknownCountryError, match="DE more than once"):
+        GeoDataModule(str(idx), num_workers=0, countries=["DE", "FR", "de"])

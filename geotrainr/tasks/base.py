@@ -12,13 +12,13 @@ from torch import nn
 from torchmetrics import Metric, MetricCollection
 
 from geotrainr import __version__
-from geotrainr.countries import centres, get_country
+from geotrainr.countries import centres, class_list
 from geotrainr.errors import GeotrainrError
 from geotrainr.models.backbone import AUTO_WEIGHTS, LITE0_MODEL, create_backbone
 
 STAGES = ("train", "val", "test")
 #: coordinate tables that stay float64 under any precision: bf16 would round them to about 0.25 degree steps
-FLOAT64_BUFFERS = ("class_centres", "cell_centroids")
+FLOAT64_BUFFERS = ("class_centres", "cell_centroids", "cell_bounds")
 
 
 def _was_updated(metric: Metric | MetricCollection) -> bool:
@@ -61,6 +61,9 @@ class GeoTask(L.LightningModule):
         weight_decay: decoupled weight decay (adamw) or L2 (adam, sgd).
         scheduler: cosine (per step, with linear warm-up), step, or none.
         warmup_epochs: epochs of linear warm-up (cosine only; fractions allowed).
+        head_warmup_epochs: train the heads alone for this many epochs first (fractions allowed): the backbone's
+            learning rate is held at 0 and its BatchNorm statistics are kept, so that a fresh head's first large
+            gradients do not wreck pretrained features; then the backbone trains at ``lr * backbone_lr_mult``.
         init_from: a geotrainr checkpoint whose backbone weights initialise this one (task-aware pretraining).
         channels_last: keep the backbone's weights and its input batches in NHWC memory layout. Convolutions
             run faster that way (on 2 CPU cores, EfficientNet-Lite0 trains about 1.4x and predicts about
@@ -102,6 +105,7 @@ class GeoTask(L.LightningModule):
         weight_decay: float = 0.01,
         scheduler: Literal["cosine", "step", "none"] = "cosine",
         warmup_epochs: float = 0.0,
+        head_warmup_epochs: float = 0.0,
         init_from: str | None = None,
         channels_last: bool = True,
         compile_backbone: bool = False,
@@ -109,7 +113,10 @@ class GeoTask(L.LightningModule):
         super().__init__()
         if not countries:
             raise TaskConfigError("the task needs a class list: pass countries (the CLI links it from data.countries)")
-        self.countries = [get_country(c).iso2 for c in countries]
+        if head_warmup_epochs < 0:
+            raise TaskConfigError(f"head_warmup_epochs must be 0 or more (got {head_warmup_epochs})")
+        self._head_warmup_steps = 0  # set by configure_optimizers
+        self.countries = class_list(countries)
         self.num_classes = len(self.countries)
         bb = create_backbone(backbone, pretrained=pretrained, weights=weights, freeze=freeze_backbone, image_size=image_size)
         self.backbone = bb.model
@@ -160,11 +167,21 @@ class GeoTask(L.LightningModule):
             object.__setattr__(self, "_compiled_backbone", torch.compile(self.backbone))
 
     def train(self, mode: bool = True):
-        """A frozen backbone stays in eval mode: its BatchNorm statistics must not drift."""
+        """A frozen (or resting, see ``head_warmup_epochs``) backbone stays in eval mode: its BatchNorm
+        statistics must not drift."""
         super().train(mode)
-        if mode and self.hparams.get("freeze_backbone"):
+        if mode and (self.hparams.get("freeze_backbone") or self._backbone_resting()):
             self.backbone.eval()
         return self
+
+    def _backbone_resting(self) -> bool:
+        """Whether the heads are still warming up alone (the backbone's learning rate held at 0)."""
+        trainer = getattr(self, "_trainer", None)
+        return bool(self._head_warmup_steps) and trainer is not None and trainer.global_step < self._head_warmup_steps
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        if self._head_warmup_steps and not self.hparams.get("freeze_backbone"):
+            self.backbone.train(not self._backbone_resting())
 
     def metrics_for(self, stage: str) -> nn.ModuleDict:
         return {"train": self.train_metrics, "val": self.val_metrics, "test": self.test_metrics}[stage]
@@ -275,13 +292,28 @@ class GeoTask(L.LightningModule):
             opt = torch.optim.SGD(groups, lr=hp.lr, momentum=0.9, nesterov=True, weight_decay=hp.weight_decay)
         else:
             raise TaskConfigError(f"unknown optimizer {hp.optimizer!r} (adamw, adam or sgd)")
+        wants_warmup = bool(hp.get("head_warmup_epochs")) and bool(backbone_params)
+        counted = self._trainer is not None and (hp.scheduler == "cosine" or wants_warmup)
+        total = max(1, int(self.trainer.estimated_stepping_batches)) if counted else 1
+        head_warmup = 0
+        if wants_warmup and self._trainer is not None and self.trainer.max_epochs:
+            head_warmup = min(total, int(round(total * hp.head_warmup_epochs / self.trainer.max_epochs)))
+        self._head_warmup_steps = head_warmup
+
+        def resting(step: int) -> float:
+            return 0.0 if step < head_warmup else 1.0
+
         if hp.scheduler == "none":
-            return opt
+            if not head_warmup:
+                return opt
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, [lambda step: 1.0, resting])
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
         if hp.scheduler == "step":
+            if head_warmup:
+                raise TaskConfigError("head_warmup_epochs needs scheduler cosine or none (step keeps whole epochs)")
             sched = torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, self.trainer.max_epochs // 3 if self.trainer.max_epochs else 10), gamma=0.1)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
         if hp.scheduler == "cosine":
-            total = max(1, int(self.trainer.estimated_stepping_batches))
             warmup = 0
             if hp.warmup_epochs and self.trainer.max_epochs:
                 warmup = min(total - 1, int(total * hp.warmup_epochs / self.trainer.max_epochs))
@@ -292,7 +324,8 @@ class GeoTask(L.LightningModule):
                 progress = (step - warmup) / max(1, total - warmup)
                 return 0.5 * (1.0 + torch.cos(torch.tensor(torch.pi * min(1.0, progress))).item())
 
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+            lambdas = [factor, lambda step: resting(step) * factor(step)] if len(groups) > 1 else factor
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambdas)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
         raise TaskConfigError(f"unknown scheduler {hp.scheduler!r} (cosine, step or none)")
 
