@@ -302,3 +302,22 @@ def make_jpegs(out: Path, n: int, size: int = 640, photos: Path | None = None, q
 
 def environment_note() -> str:
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+
+
+def loader_rate(loader, batches: int, warmup: int) -> float:
+    """Images per second a loader yields over ``batches`` batches after ``warmup`` (epoch after epoch)."""
+    import time
+
+    def forever():
+        while True:
+            yield from loader
+
+    it = forever()
+    for _ in range(warmup):
+        next(it)
+    n, t0 = 0, time.perf_counter()
+    for _ in range(batches):
+        n += len(next(it)["image"])
+    rate = n / (time.perf_counter() - t0)
+    del it
+    return rate

@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
-    RssSampler, append_result, base_parser, emit, interleave, make_jpegs, median, print_table, rounds, run_child,
+    RssSampler, append_result, base_parser, emit, interleave, loader_rate, make_jpegs, median, print_table, rounds, run_child,
     verdict, workdir,
 )
 
@@ -85,15 +85,7 @@ def loader_arm(index: Path, workers: int, image_size: int, batches: int, warmup:
         dm.set_preprocessing(Preprocessing(image_size=image_size))
         dm.setup("fit")
         setup_s = time.perf_counter() - t0
-        loader = dm.train_dataloader()
-        it = iter(loader)
-        for _ in range(warmup):
-            next(it)
-        n, t0 = 0, time.perf_counter()
-        for _ in range(batches):
-            n += len(next(it)["image"])
-        rate = n / (time.perf_counter() - t0)
-        del it
+        rate = loader_rate(dm.train_dataloader(), batches, warmup)
     return {"images_per_s": rate, "setup_s": setup_s, "peak_rss_mib": mem.peak / 2**20, "peak_pss_mib": mem.peak_pss / 2**20}
 
 

@@ -23,7 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
-    RssSampler, append_result, base_parser, emit, interleave, make_jpegs, median, print_table, rounds, run_child, workdir,
+    RssSampler, append_result, base_parser, emit, interleave, loader_rate, make_jpegs, median, print_table, rounds, run_child,
+    workdir,
 )
 
 ENGINES = ("files", "parquet", "webdataset", "litdata")
@@ -161,21 +162,8 @@ def read_arm(engine: str, folder: Path, files_index: Path, batches: int, warmup:
 
             loader = ld.StreamingDataLoader(LD(str(folder / "litdata"), shuffle=True), batch_size=bs, num_workers=workers)
         setup_s = time.perf_counter() - t_setup
-        it = forever(loader)
-        for _ in range(warmup):
-            next(it)
-        n, t0 = 0, time.perf_counter()
-        for _ in range(batches):
-            n += len(next(it)["image"])
-        rate = n / (time.perf_counter() - t0)
-        del it
+        rate = loader_rate(loader, batches, warmup)
     return {"images_per_s": rate, "peak_rss_mib": rss.peak / 2**20, "peak_pss_mib": rss.peak_pss / 2**20, "setup_s": setup_s}
-
-
-def forever(loader):
-    """Batches of ``loader``, epoch after epoch (small --quick sets run out)."""
-    while True:
-        yield from loader
 
 
 def main() -> None:

@@ -397,15 +397,19 @@ class StreetViewClient:
             self._common_http("image", r)
             if r.status == 404:
                 return None
-            ctype = r.headers.get("content-type", "")
-            if ctype and not ctype.startswith("image/"):
-                raise InvalidAnswer(f"not an image ({self.redact(ctype, 40)})")
-            try:
-                return normalise_image(r.body, self.spec.width, self.spec.height)
-            except InvalidAnswer as e:
-                raise type(e)(f"image refused: {self.redact(str(e), SNIPPET_CHARS)}") from None
+            return self._image_body(r)
 
         return self._send("image", self.image_url(pano_id, heading), interpret)  # type: ignore[return-value]
+
+    def _image_body(self, r: Response) -> bytes:
+        """An image answer's body, checked and normalised to the asked size (an image source's last step)."""
+        ctype = r.headers.get("content-type", "")
+        if ctype and not ctype.startswith("image/"):
+            raise InvalidAnswer(f"not an image ({self.redact(ctype, 40)})")
+        try:
+            return normalise_image(r.body, self.spec.width, self.spec.height)
+        except InvalidAnswer as e:
+            raise type(e)(f"image refused: {self.redact(str(e), SNIPPET_CHARS)}") from None
 
     # --- the seam the run loop uses (one per source) ----------------------------
 

@@ -45,7 +45,6 @@ from geotrainr.data.scrape.records import (
     Panorama,
     _number,
     _text,
-    normalise_image,
 )
 from geotrainr.geo import haversine_km, offset_latlon
 
@@ -250,13 +249,7 @@ class MapillaryClient(StreetViewClient):
                 return None
             if r.status != 200:
                 raise InvalidAnswer(f"thumbnail HTTP {r.status}")
-            ctype = r.headers.get("content-type", "")
-            if ctype and not ctype.startswith("image/"):
-                raise InvalidAnswer(f"not an image ({self.redact(ctype, 40)})")
-            try:
-                return normalise_image(r.body, self.spec.width, self.spec.height)
-            except InvalidAnswer as e:
-                raise type(e)(f"image refused: {self.redact(str(e), SNIPPET_CHARS)}") from None
+            return self._image_body(r)
 
         return self._send("image", pano.thumb_url, interpret)  # type: ignore[return-value]
 
