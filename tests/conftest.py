@@ -29,6 +29,16 @@ def make_image(path: Path, seed: int, size: int = 48, fmt: str | None = None) ->
     return path
 
 
+def single_country_index(folder: Path) -> Path:
+    """40 Croatian frames, 25 % validation: a city- or country-level dataset with one class."""
+    rows = []
+    for i in range(40):
+        rel = f"images/HR_{i:02d}.jpg"
+        make_image(folder / rel, seed=i % 5)
+        rows.append({"image_path": rel, "lat": 45.0 + 0.05 * (i % 8), "lon": 15.0 + 0.1 * (i // 8), "country": "HR"})
+    return write_index(assign_splits(pd.DataFrame(rows), "random", val=0.25, seed=0), folder / "index.parquet")
+
+
 #: Six countries, one place each.
 SIX = [PLACES[j] for j in (0, 2, 4, 6, 8, 9)]
 

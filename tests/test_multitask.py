@@ -4,7 +4,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -126,16 +125,10 @@ def test_multitask_config_through_every_verb(tiny_index, tmp_path, monkeypatch, 
 
 def test_multitask_trains_on_a_single_country(tmp_path, monkeypatch, capsys):
     """One country: no country head (it could only say yes), country accuracy left out, cells and offsets train."""
-    from conftest import make_image
-    from geotrainr.data.index import assign_splits, write_index
+    from conftest import single_country_index
 
     monkeypatch.chdir(tmp_path)
-    rows = []
-    for i in range(40):
-        rel = f"images/HR_{i:02d}.jpg"
-        make_image(tmp_path / "data" / rel, seed=i % 5)
-        rows.append({"image_path": rel, "lat": 45.0 + 0.05 * (i % 8), "lon": 15.0 + 0.1 * (i // 8), "country": "HR"})
-    index = write_index(assign_splits(pd.DataFrame(rows), "random", val=0.25, seed=0), tmp_path / "data/index.parquet")
+    index = single_country_index(tmp_path / "data")
     args = [*tiny_args(index, "country"), "--config", MULTI, f"--data.init_args.index={index}",
             "--model.init_args.backbone=test_efficientnet", "--model.init_args.weights=null",
             "--model.init_args.image_size=32", "--data.init_args.num_workers=0", "--data.init_args.batch_size=10",

@@ -232,17 +232,10 @@ def test_distance_anchor_accuracy_and_outputs():
 
 def test_a_single_country_index_trains_coordinates_and_geocells(tmp_path, monkeypatch, capsys):
     """A city- or country-level dataset: the coordinate tasks train, country accuracy is left out, not faked."""
-    from conftest import make_image
+    from conftest import single_country_index
 
     monkeypatch.chdir(tmp_path)
-    rows = []
-    for i in range(40):
-        rel = f"images/HR_{i:02d}.jpg"
-        make_image(tmp_path / "data" / rel, seed=i % 5)
-        rows.append({"image_path": rel, "lat": 45.0 + 0.05 * (i % 8), "lon": 15.0 + 0.1 * (i // 8), "country": "HR"})
-    from geotrainr.data.index import assign_splits, write_index
-
-    index = write_index(assign_splits(pd.DataFrame(rows), "random", val=0.25, seed=0), tmp_path / "data/index.parquet")
+    index = single_country_index(tmp_path / "data")
     for task, extra in (("coords", []), ("geocells", ["--model.init_args.min_per_cell=2", "--model.init_args.max_per_cell=5"])):
         args = [a for a in tiny_args(index, task) if not a.startswith("--data.init_args.batch_size")]
         assert main(["fit", *args, *extra, "--trainer.max_epochs=1", "--data.init_args.batch_size=10",
