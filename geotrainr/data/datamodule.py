@@ -36,7 +36,9 @@ def resolve_index(index: str | os.PathLike) -> Path:
 
 def open_packed(index: str | os.PathLike, buffer: int) -> PackedSet | None:
     """The packed set at ``index`` (a folder or URL written by ``geotrainr pack``), else None."""
-    if str(index) == "demo" or not is_packed(index):
+    from geotrainr.data.demo import is_demo_name
+
+    if is_demo_name(index) or not is_packed(index):
         return None
     return PackedSet(index, buffer)
 
@@ -146,12 +148,10 @@ class GeoDataModule(L.LightningDataModule):
         if unseen:
             rank_zero_info(f"countries outside the class list (kept for coordinate metrics): {', '.join(unseen)}")
 
-    def dataset(self, split: str, train: bool = False) -> GeoDataset:
-        if self.packed is not None:
-            return self._packed_dataset(split, train)
-        if not self.frames:
+    def dataset(self, split: str, train: bool = False) -> GeoDataset | PackedDataset:
+        if self.packed is None and not self.frames:
             self.setup()
-        if split not in self.frames:
+        if split not in (("train", "val", "test", "all") if self.packed is not None else self.frames):
             raise ValueError(f"unknown split {split!r}; use train, val, test or all")
         if split == "test" and not self.has_test_split and rank_zero_only.rank == 0:
             # never score the validation rows under test names without saying so
@@ -159,6 +159,9 @@ class GeoDataModule(L.LightningDataModule):
                   "(re-index with --test 0.1 for a held-out test set)", file=sys.stderr)
         transform = build_transform(self.preprocessing, train=train, hflip=self.hparams.hflip, augment=self.augment)
         draft = self.preprocessing.draft_size if self.hparams.draft_decode else None
+        if self.packed is not None:
+            rows = self.packed.split_index("val" if split == "test" and not self.has_test_split else split)
+            return PackedDataset(self.packed, rows, transform, self.countries, self.hparams.strict, draft)
         return GeoDataset(self.frames[split], self.root, transform, self.countries, self.hparams.strict, draft)
 
     def _loader(self, split: str, train: bool) -> DataLoader:
@@ -295,7 +298,7 @@ class GeoDataModule(L.LightningDataModule):
         self.index_path = Path(self.packed.location)
         self.root = self.index_path
         self._has_split = True
-        self.countries = [get_country(c).iso2 for c in countries] if countries else self.packed.countries
+        self.countries = class_list(countries) if countries else self.packed.countries
         if not self.countries:
             raise IndexValidationError(f"{self.packed.location}: the training split holds no rows")
         self.num_classes = len(self.countries)
@@ -308,18 +311,6 @@ class GeoDataModule(L.LightningDataModule):
         self._stream_epoch, self._stream_world = -1, 1
         self._stream_skip: frozenset[int] = frozenset()  # batches the current epoch's plan leaves out
         self._stream_resume: dict | None = None  # from a checkpoint: {"epoch": e, "done": [batch numbers]}
-
-    def _packed_dataset(self, split: str, train: bool) -> PackedDataset:
-        if split not in ("train", "val", "test", "all"):
-            raise ValueError(f"unknown split {split!r}; use train, val, test or all")
-        if split == "test" and not self.has_test_split:
-            if rank_zero_only.rank == 0:
-                print(f"warning: {self.index_path} has no test split: the test stage scores the val split "
-                      "(re-index with --test 0.1 for a held-out test set)", file=sys.stderr)
-            split = "val"
-        transform = build_transform(self.preprocessing, train=train, hflip=self.hparams.hflip, augment=self.augment)
-        draft = self.preprocessing.draft_size if self.hparams.draft_decode else None
-        return PackedDataset(self.packed, self.packed.split_index(split), transform, self.countries, self.hparams.strict, draft)
 
     def _stream_loader(self, ds: PackedDataset, workers: int, pin: bool) -> StreamLoader:
         """Whole batches streamed from the row groups, disjoint per rank and worker, reshuffled every epoch."""
