@@ -43,21 +43,9 @@ def _tmp_name(path: Path) -> Path:
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes, durable: bool = False) -> Path:
     """Write ``data`` to ``path`` through a temporary file in the same folder, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-        if durable:
-            fsync_dir(path.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    with atomic_path(path, durable) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str, durable: bool = False) -> Path:
@@ -66,7 +54,7 @@ def write_text_atomic(path: str | os.PathLike, text: str, durable: bool = False)
 
 
 def replace_folder(tmp: str | os.PathLike, out: str | os.PathLike) -> Path:
-    """Move a finished folder ``tmp`` to ``out``, replacing any folder there, so ``out`` is never half-written."""
+    """Move a finished folder ``tmp`` to ``out``, replacing any folder or file there, so ``out`` is never half-written."""
     import shutil
 
     tmp, out = Path(tmp), Path(out)
@@ -74,7 +62,10 @@ def replace_folder(tmp: str | os.PathLike, out: str | os.PathLike) -> Path:
         old = out.with_name(f".{out.name}.{os.getpid()}.old")
         os.replace(out, old)
         os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
     else:
         os.replace(tmp, out)
     return out

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from geotrainr.files import atomic_path
 from geotrainr.geo import ACCURACY_THRESHOLDS_KM
 
 #: (lon_min, lon_max, lat_min, lat_max) of the default map: the GeoTrainr study's Europe.
@@ -31,30 +32,20 @@ DPI = 110
 def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
     """Write ``fig`` to ``path`` atomically; the format follows the file ending (png, pdf, svg, jpg)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fmt = path.suffix.lstrip(".").lower() or "png"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format=fmt, dpi=fig.dpi, bbox_inches="tight", pad_inches=0.15)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
 def save_image(image, path: str | os.PathLike) -> Path:
     """Write a PIL image atomically; the format follows the file ending."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fmt = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "tif": "TIFF", "tiff": "TIFF", "bmp": "BMP"}.get(
         path.suffix.lstrip(".").lower(), "PNG"
     )
-    try:
+    with atomic_path(path) as tmp:
         image.convert("RGB").save(tmp, format=fmt)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from geotrainr.countries import european_codes
 from geotrainr.errors import GeotrainrError
+from geotrainr.files import replace_folder
 from geotrainr.data.index import assign_splits, summarize, validate_index, write_index
 
 DEMO_VERSION = 1
@@ -207,9 +208,7 @@ def build_demo(
             f"geotrainr demo data: {src.description}: patches around GeoNames places (CC-BY 4.0).\n"
             "An aerial stand-in for street imagery, for trying the tools offline.\n"
         )
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        replace_folder(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -277,23 +277,11 @@ def write_parquet_atomic(table: pa.Table, path: str | os.PathLike, durable: bool
 
     ``durable``: flushed to the disk before the rename and the folder after it (survives a power cut).
     """
-    from geotrainr.files import fsync_dir, fsync_file
+    from geotrainr.files import atomic_path
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, durable) as tmp:
         pq.write_table(table, tmp, compression="zstd")
-        if durable:
-            fsync_file(tmp)
-        os.replace(tmp, path)
-        if durable:
-            fsync_dir(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def write_index(df: pd.DataFrame, path: str | os.PathLike, shard_rows: int | None = None) -> Path:
@@ -302,6 +290,10 @@ def write_index(df: pd.DataFrame, path: str | os.PathLike, shard_rows: int | Non
     A shard folder is assembled beside the target and renamed into place, so an
     existing index is replaced only once the new one is complete.
     """
+    import shutil
+
+    from geotrainr.files import replace_folder
+
     path = Path(path)
     if not shard_rows or len(df) <= shard_rows:
         return write_parquet_atomic(_to_table(df), path)
@@ -310,26 +302,10 @@ def write_index(df: pd.DataFrame, path: str | os.PathLike, shard_rows: int | Non
     try:
         for n, start in enumerate(range(0, len(df), shard_rows)):
             pq.write_table(_to_table(df.iloc[start : start + shard_rows]), tmp_dir / f"part-{n:05d}.parquet", compression="zstd")
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp_dir, path)
-            _remove(old)
-        else:
-            os.replace(tmp_dir, path)
+        return replace_folder(tmp_dir, path)
     except BaseException:
-        _remove(tmp_dir)
+        shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
-    return path
-
-
-def _remove(p: Path) -> None:
-    import shutil
-
-    if p.is_dir():
-        shutil.rmtree(p, ignore_errors=True)
-    else:
-        p.unlink(missing_ok=True)
 
 
 # --- splits -----------------------------------------------------------------
