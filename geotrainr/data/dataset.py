@@ -36,9 +36,43 @@ class ImageLoadError(GeotrainrError, RuntimeError):
     """An image in the index could not be read or decoded."""
 
 
+class DecodedRows(Dataset):
+    """What every image dataset shares: decode a row's image with the preprocessor, transform it, and
+    give ``None`` for an unreadable one (skipped by :func:`collate_skip`) unless ``strict``.
+
+    Subclasses hold ``transform``, ``strict`` and ``draft_size`` and say where a row's image is
+    (:meth:`source`), how it is named (:meth:`label`) and its truth (:meth:`target`).
+    """
+
+    transform: Callable
+    strict: bool
+    draft_size: int | None
+
+    def source(self, i: int):
+        raise NotImplementedError
+
+    def label(self, i: int) -> str:
+        raise NotImplementedError
+
+    def target(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(class number, -1 outside the class list; (lat, lon) float32) of row ``i``."""
+        raise NotImplementedError
+
+    def __getitem__(self, i: int):
+        try:
+            with decode(self.source(i), self.draft_size) as im:  # the preprocessor's decoding step
+                image = self.transform(im)
+        except Exception as e:  # noqa: BLE001 - any decode failure is the same event to us
+            if self.strict:
+                raise ImageLoadError(f"row {i} ({self.label(i)}): {type(e).__name__}: {e}") from e
+            return None
+        country, latlon = self.target(i)
+        return {"image": image, "country": country, "latlon": latlon, "index": i}
+
+
 @dataclass
-class GeoDataset(Dataset):
-    """Samples from index rows. Unreadable images give ``None`` (skipped by :func:`collate_skip`) unless ``strict``."""
+class GeoDataset(DecodedRows):
+    """Samples from index rows (image files, zip members or embedded bytes)."""
 
     frame: pd.DataFrame
     root: Path
@@ -84,15 +118,8 @@ class GeoDataset(Dataset):
         path = self._paths[i]
         return os.path.abspath(self.root / path) if isinstance(path, str) and path else f"row {i}"
 
-    def __getitem__(self, i: int):
-        try:
-            with decode(self.source(i), self.draft_size) as im:  # the preprocessor's decoding step
-                image = self.transform(im)
-        except Exception as e:  # noqa: BLE001 - any decode failure is the same event to us
-            if self.strict:
-                raise ImageLoadError(f"row {i} ({self.label(i)}): {type(e).__name__}: {e}") from e
-            return None
-        return {"image": image, "country": self._country[i], "latlon": self._latlon[i], "index": i}
+    def target(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._country[i], self._latlon[i]
 
 
 def collate_skip(samples: list) -> dict:

@@ -42,10 +42,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from geotrainr.data.index import PACK_MANIFEST as MANIFEST
 from geotrainr.data.index import PACK_PARTIAL as PARTIAL  # written when a pack starts, removed when it ends
+from geotrainr.data.dataset import DecodedRows
 from geotrainr.data.index import SPLITS, IndexValidationError, unfinished_pack
 FORMAT = "geotrainr-pack"
 VERSION = 1
@@ -270,7 +271,7 @@ class PackedSet:
 
 
 @dataclass
-class PackedDataset(Dataset):
+class PackedDataset(DecodedRows):
     """Map-style view of one split of a packed set: the same samples as :class:`~geotrainr.data.dataset.GeoDataset`.
 
     Random access reads a whole row group per miss: fine for evaluation and reports, which go in order;
@@ -306,20 +307,12 @@ class PackedDataset(Dataset):
         origin = self._origins[row] if self._origins is not None else None
         return origin if isinstance(origin, str) and origin else f"{self.packed.location}#{row}"
 
-    def __getitem__(self, i: int):
-        from geotrainr.data.dataset import ImageLoadError
-        from geotrainr.preprocess import decode
+    def source(self, i: int) -> bytes | None:
+        return self.packed.image_bytes(int(self.rows[i]))
 
+    def target(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         row = int(self.rows[i])
-        try:
-            with decode(self.packed.image_bytes(row), self.draft_size) as im:
-                image = self.transform(im)
-        except Exception as e:  # noqa: BLE001 - any decode failure is the same event to us
-            if self.strict:
-                raise ImageLoadError(f"row {i} ({self.label(i)}): {type(e).__name__}: {e}") from e
-            return None
-        latlon = torch.tensor((self._lat[row], self._lon[row]), dtype=torch.float32)
-        return {"image": image, "country": torch.tensor(int(self._country[row])), "latlon": latlon, "index": i}
+        return torch.tensor(int(self._country[row])), torch.tensor((self._lat[row], self._lon[row]), dtype=torch.float32)
 
 
 def batch_bounds(n: int, batch_size: int, batches: int) -> np.ndarray:
