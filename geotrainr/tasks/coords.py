@@ -150,13 +150,18 @@ class CoordinateRegressor(GeoTask):
         """Cell probabilities -> (guessed (lat, lon), country probabilities); see :func:`geotrainr.geocells.decode`."""
         return decode(cell_probs, self.cell_centroids, self.cell_country, self.num_classes, self.hparams.guess_top_k)
 
+    def cell_loss(self, cell_logits: torch.Tensor, true: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-entropy of cell logits (N, K) against haversine-smoothed targets around the true points;
+        also returns the (N, K) km from each true point to every cell's centroid."""
+        distances = great_circle_error_km(true[:, None, :], self.cell_centroids[None, :, :])
+        target = haversine_smoothed_targets(distances, self.hparams.tau_km).float()
+        return -(target * cell_logits.log_softmax(-1)).sum(-1).mean(), distances
+
     def shared_step(self, batch: dict, stage: str) -> torch.Tensor:
         out = self(batch["image"]).float()
         true = batch["latlon"]
         if self.head_kind == "geocells":
-            distances = great_circle_error_km(true[:, None, :], self.cell_centroids[None, :, :])
-            target = haversine_smoothed_targets(distances, self.hparams.tau_km).float()
-            loss = -(target * out.log_softmax(-1)).sum(-1).mean()
+            loss, _ = self.cell_loss(out, true)
         elif self._loss == "frame":
             loss = F.mse_loss(out, to_seed_frame(true).float())
         else:

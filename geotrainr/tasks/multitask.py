@@ -6,8 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from geotrainr.geo import great_circle_error_km
-from geotrainr.geocells import Geocells, country_probs, haversine_smoothed_targets
+from geotrainr.geocells import Geocells, country_probs
 from geotrainr.tasks.base import TaskConfigError
 from geotrainr.tasks.coords import CoordinateRegressor
 
@@ -161,9 +160,8 @@ class MultiTaskGeolocator(CoordinateRegressor):
         hp = self.hparams
         out = self.heads(self.features(batch["image"]))
         true = batch["latlon"]
-        distances = great_circle_error_km(true[:, None, :], self.cell_centroids[None, :, :])
-        target = haversine_smoothed_targets(distances, hp.tau_km).float()
-        loss = hp.cell_weight * -(target * out["cell_logits"].log_softmax(-1)).sum(-1).mean()
+        cell_loss, distances = self.cell_loss(out["cell_logits"], true)
+        loss = hp.cell_weight * cell_loss
         if "country_logits" in out and bool((batch["country"] >= 0).any()):
             loss = loss + hp.country_weight * F.cross_entropy(out["country_logits"], batch["country"],
                                                               label_smoothing=self._label_smoothing, ignore_index=-1)
