@@ -158,7 +158,6 @@ class Stats:
     misses: int = 0
     duplicates: int = 0
     excluded: int = 0
-    failed: int = 0
     failures: list[tuple[str, str, str]] = field(default_factory=list)  # (place_id, country, why), this run
     images: int = 0
     rows_total: int = 0
@@ -168,6 +167,10 @@ class Stats:
     index_path: Path | None = None
     split_counts: dict[str, int] = field(default_factory=dict)
     exit_code: int = 0
+
+    @property
+    def failed(self) -> int:
+        return len(self.failures)
 
 
 @dataclass
@@ -481,7 +484,6 @@ class Scraper:
                                 stopping = True
                                 self.stop.set()
                             elif res.outcome == "failed":
-                                self.stats.failed += 1
                                 self.stats.failures.append((str(res.place.place_id), res.place.country, str(res.error)))
                                 consecutive += 1
                                 bar.update(1)
