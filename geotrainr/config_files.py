@@ -8,6 +8,7 @@ so ``--config configs/country.yaml`` (a checkout's ``configs`` folder) and your 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -72,4 +73,57 @@ def resolve_config_args(args: Sequence[str]) -> list[str]:
     return out
 
 
-__all__ = ["CONFIG_DIR", "ConfigNotFoundError", "config_path", "resolve_config", "resolve_config_args", "shipped_configs"]
+#: jsonargparse parser mode of geotrainr's commands: YAML whose only booleans are true and false (YAML 1.2)
+PARSER_MODE = "geotrainr-yaml"
+_BOOL = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
+#: YAML 1.2 floats: 1e-3 is a number (YAML 1.1 wants a dot), as jsonargparse reads it too
+_FLOAT = re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.VERBOSE)
+
+
+def _yaml12_loader():
+    """A YAML loader for configs and command-line values where yes/no/on/off/y/n stay strings.
+
+    YAML 1.1 (PyYAML's default, and jsonargparse's) reads ``NO`` as false, so a class list
+    ``[DE, NO, SE]`` lost Norway. jsonargparse has no switch for this, only a loader per parser
+    mode (``set_loader``): this one is its YAML loader with YAML 1.2's booleans (and, like it,
+    YAML 1.2's floats and no timestamps).
+    """
+    import yaml
+    from jsonargparse import get_loader
+
+    replaced = {"tag:yaml.org,2002:bool", "tag:yaml.org,2002:float", "tag:yaml.org,2002:timestamp"}
+
+    class Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+        pass
+
+    Loader.yaml_implicit_resolvers = {first: [(tag, rx) for tag, rx in entries if tag not in replaced]
+                                      for first, entries in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:bool", _BOOL, list("tTfF"))
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+    jsonargparse_yaml = get_loader("yaml")
+
+    def load(stream: str):
+        value = yaml.load(stream, Loader=Loader)
+        if isinstance(value, dict) and value and all(v is None for v in value.values()):
+            return jsonargparse_yaml(stream)  # its special cases for values such as "{a, b}" or "key:"
+        return value
+
+    return load, yaml.YAMLError
+
+
+def register_parser_mode() -> str:
+    """Make :data:`PARSER_MODE` known to jsonargparse (idempotent); returns its name."""
+    from jsonargparse import set_loader
+
+    load, error = _yaml12_loader()
+    set_loader(PARSER_MODE, load, exceptions=(error,))
+    return PARSER_MODE
+
+
+__all__ = ["CONFIG_DIR", "PARSER_MODE", "ConfigNotFoundError", "config_path", "register_parser_mode", "resolve_config",
+           "resolve_config_args", "shipped_configs"]

@@ -13,7 +13,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_only
 
-from geotrainr.config_files import resolve_config_args
+from geotrainr.config_files import register_parser_mode, resolve_config_args
 from geotrainr.errors import GeotrainrError
 from geotrainr.files import write_text_atomic
 from geotrainr.data.datamodule import GeoDataModule
@@ -185,7 +185,7 @@ def run_lightning(verb: str, args: list[str]) -> int:
             subclass_mode_data=True,
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
-            parser_kwargs={"prog": "geotrainr", "default_env": False},
+            parser_kwargs={"prog": "geotrainr", "default_env": False, "parser_mode": register_parser_mode()},
         )
     except SystemExit as e:  # jsonargparse: --help, --print_config (0) or a usage error (2)
         return int(e.code or 0) if isinstance(e.code, int) or e.code is None else 2

@@ -1,6 +1,8 @@
 import subprocess
 import sys
 
+import yaml
+
 from geotrainr import __version__
 from geotrainr.cli import COMMANDS, LIGHTNING_VERBS, main
 
@@ -37,3 +39,16 @@ def test_a_class_list_that_cannot_work_is_one_line(tiny_index, capsys):
         code = main([*base, f"--data.init_args.countries={countries}"])
         err = capsys.readouterr().err
         assert code == 2 and says in err and "Traceback" not in err, countries
+
+
+def test_norway_in_a_yaml_class_list_stays_norway(tiny_index, tmp_path, capsys):
+    """YAML 1.1 reads an unquoted NO as false; geotrainr's configs follow YAML 1.2 (only true/false are booleans)."""
+    extra = tmp_path / "classes.yaml"
+    extra.write_text("data:\n  init_args:\n    countries: [DE, NO, FR]\n    hflip: false\nmodel:\n"
+                     "  init_args:\n    freeze_backbone: true\n    lr: 1e-3\n")
+    assert main(["fit", "--config", "country", "--config", str(extra), f"--data.init_args.index={tiny_index}",
+                 "--print_config"]) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["data"]["init_args"]["countries"] == ["DE", "NO", "FR"]
+    assert cfg["data"]["init_args"]["hflip"] is False and cfg["model"]["init_args"]["freeze_backbone"] is True
+    assert cfg["model"]["init_args"]["lr"] == 1e-3

@@ -276,3 +276,22 @@ def test_head_warmup_keeps_the_backbone_still_then_trains_it(tiny_index):
     assert not torch.equal(head_start, model.head[1].weight)
     with pytest.raises(Exception, match="head_warmup_epochs"):
         CountryClassifier(countries=["DE", "FR"], backbone="test_efficientnet", weights=None, head_warmup_epochs=-1)
+
+
+def test_a_validation_split_without_class_list_countries_still_checkpoints(tmp_path, monkeypatch, capsys):
+    """Nothing to score the monitored Acc@1 on: it is logged as NaN with a warning, and the run still saves."""
+    from conftest import PLACES, make_image
+
+    monkeypatch.chdir(tmp_path)
+    rows = []
+    for i, (cc, lat, lon) in enumerate(PLACES * 3):
+        rel = f"images/{i:03d}.jpg"
+        make_image(tmp_path / "data" / rel, seed=i % 5)
+        rows.append({"image_path": rel, "lat": lat, "lon": lon, "country": cc, "split": "val" if cc == "ES" else "train"})
+    from geotrainr.data.index import write_index
+
+    index = write_index(pd.DataFrame(rows), tmp_path / "data" / "index.parquet")
+    with pytest.warns(UserWarning, match="nothing to compute val/acc1"):
+        code = main(["fit", *tiny_args(index, "country"), "--data.init_args.countries=[DE,FR]", "--trainer.max_epochs=1"])
+    assert code == 0
+    assert (tmp_path / "runs/country/version_0/checkpoints/best.ckpt").is_file()

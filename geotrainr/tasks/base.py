@@ -253,6 +253,10 @@ class GeoTask(L.LightningModule):
 
     def _log_epoch(self, stage: str) -> None:
         flat = self.compute_metrics(self.metrics_for(stage), f"{stage}/")
+        if stage == "val" and self.monitor.startswith("val/") and self.monitor not in flat:
+            # e.g. no validation image of a class-list country: checkpoints still need the key, and say why
+            rank_zero_warn(f"val: nothing to compute {self.monitor} on this epoch; logged as NaN")
+            flat[self.monitor] = torch.tensor(float("nan"), device=self.device)
         shown = {f"{stage}/acc1", f"{stage}/err_km_median"}  # in the progress bar, the rest in the logger only
         for key, value in flat.items():
             self.log(key, value, prog_bar=key in shown, sync_dist=False)  # already synced by torchmetrics
