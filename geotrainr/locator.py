@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from geotrainr.errors import GeotrainrError
 from geotrainr.preprocess import ImageReadError, Preprocessor, image_label
-from geotrainr.predictions import Guess, make_guesses
+from geotrainr.predictions import CellDecoder, Guess, make_guesses
 
 
 class DeviceError(GeotrainrError, ValueError):
@@ -176,23 +176,30 @@ class Locator:
                 if x is not None:
                     out = self.model.predict_latlon(x.to(self.device, non_blocking=True))
                     result["latlon"][idx] = out["latlon"].double().cpu().numpy()
-                    for key in ("probs", "cell_probs"):
+                    for key in ("probs", "cell_probs", "cell_offsets"):
                         if key in out:
                             if key not in result:
-                                result[key] = np.full((n, out[key].shape[1]), np.nan, dtype=np.float32)
+                                result[key] = np.full((n, *out[key].shape[1:]), np.nan, dtype=np.float32)
                             result[key][idx] = out[key].float().cpu().numpy()
                 done += len(idx) + len(failed)
                 if progress is not None:
                     progress(done)
         return result
 
-    def _cell_decoder(self) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
-        """Averaged cell probabilities of several views -> (latlon, country probabilities), as the model decodes."""
+    def _cell_decoder(self) -> CellDecoder:
+        """Averaged cell probabilities (and per-cell offsets) of several views -> (latlon, country probabilities),
+        as the model decodes one view."""
         model = self.model
 
-        def decode(cell_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        def tensor(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.asarray(a, np.float32))[None].to(self.device)
+
+        def decode(cell_probs: np.ndarray, cell_offsets: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
             with torch.inference_mode():
-                latlon, probs = model.decode_cells(torch.from_numpy(np.asarray(cell_probs, np.float32)).reshape(1, -1).to(self.device))
+                if cell_offsets is None:
+                    latlon, probs = model.decode_cells(tensor(cell_probs))
+                else:
+                    latlon, probs = model.decode_cells(tensor(cell_probs), tensor(cell_offsets))
             return latlon[0].double().cpu().numpy(), probs[0].float().cpu().numpy()
 
         return decode
@@ -224,9 +231,10 @@ class Locator:
         guesses = make_guesses(labels, out["latlon"], out.get("probs"), out["errors"], self.countries, top_k)
         if "cell_probs" in out:
             decoder = self._cell_decoder()
-            for g, p in zip(guesses, out["cell_probs"]):
+            offsets = out.get("cell_offsets", [None] * len(images))
+            for g, p, o in zip(guesses, out["cell_probs"], offsets):
                 if g.ok:
-                    g.cell_probs, g.cell_decoder = p, decoder
+                    g.cell_probs, g.cell_offsets, g.cell_decoder = p, o, decoder
         return guesses
 
     def locate_one(self, image, top_k: int = 5) -> Guess:

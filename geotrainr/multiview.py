@@ -36,7 +36,8 @@ def group(guesses: Sequence[Guess], keys: Sequence[str], top_k: int | None = Non
 
     Country and distance models: the probabilities of the views are averaged (PIGEON found
     plain averaging of four views best) and the guess is the top class's centre. Geocell
-    models: the cell probabilities are averaged and decoded as the model does. Linear
+    models: the cell probabilities (and the multi-task model's per-cell offsets) are averaged and
+    decoded as the model decodes one view. Linear
     coordinate models: the coordinates are combined by :func:`geotrainr.geo.spherical_mean`. Views that
     failed are left out; a key whose views all failed keeps an error. Truth, when every
     view has it, is carried over (their spherical mean).
@@ -61,10 +62,13 @@ def group(guesses: Sequence[Guess], keys: Sequence[str], top_k: int | None = Non
         if good[0].cell_probs is not None:
             classes = good[0].classes
             cell_probs = np.mean(np.stack([g.cell_probs for g in good]), axis=0)
-            ll, p = good[0].cell_decoder(cell_probs)
+            offsets = None
+            if all(g.cell_offsets is not None for g in good):  # the multi-task model's: each view's offset per cell
+                offsets = np.mean(np.stack([g.cell_offsets for g in good]), axis=0)
+            ll, p = good[0].cell_decoder(cell_probs, offsets)
             latlon.append(tuple(ll.tolist()))
             probs_rows.append(p)
-            cells[n] = (cell_probs, good[0].cell_decoder)
+            cells[n] = (cell_probs, offsets, good[0].cell_decoder)
         elif good[0].probs is not None:
             classes = good[0].classes
             p = np.mean(np.stack([g.probs for g in good]), axis=0)
@@ -83,7 +87,7 @@ def group(guesses: Sequence[Guess], keys: Sequence[str], top_k: int | None = Non
     for n, (g, members) in enumerate(zip(out, buckets.values())):
         g.members = [m.image for m in members]
         if n in cells and g.ok:
-            g.cell_probs, g.cell_decoder = cells[n]
+            g.cell_probs, g.cell_offsets, g.cell_decoder = cells[n]
         truth = [m for m in members if m.true_lat is not None]
         if truth and len(truth) == len(members):
             lat, lon = spherical_mean(torch.tensor([[m.true_lat, m.true_lon] for m in truth])).tolist()

@@ -27,6 +27,9 @@ import numpy as np
 from geotrainr.errors import GeotrainrError
 from geotrainr.files import write_text_atomic
 
+#: A geocell model's decoding: cell probabilities (K,) [and per-cell offsets (K, 2)] -> (latlon (2,), country probs (C,))
+CellDecoder = Callable[..., tuple[np.ndarray, np.ndarray]]
+
 #: Every column a record can have, in output order.
 RECORD_FIELDS = (
     "image", "country", "country_name", "probability", "top_k", "lat", "lon", "nearest_place", "nearest_place_km",
@@ -86,9 +89,11 @@ class Guess:
     #: full probability vector over ``classes`` (country, distance and geocell models), for combining views
     probs: np.ndarray | None = field(default=None, repr=False, compare=False)
     classes: tuple[str, ...] | None = field(default=None, repr=False, compare=False)
-    #: geocell models: probabilities over the cells, and the model's map from them to (latlon, probs)
+    #: geocell models: probabilities over the cells, the multi-task model's per-cell offsets (K, 2) too,
+    #: and the model's map from them to (latlon, probs)
     cell_probs: np.ndarray | None = field(default=None, repr=False, compare=False)
-    cell_decoder: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = field(default=None, repr=False, compare=False)
+    cell_offsets: np.ndarray | None = field(default=None, repr=False, compare=False)
+    cell_decoder: CellDecoder | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:

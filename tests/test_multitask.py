@@ -64,8 +64,63 @@ def test_the_guess_is_country_then_cell_then_offset_inside_the_cell():
     torch.testing.assert_close(per_country, g["probs"])
     latlon, probs = m.decode_cells(g["cell_probs"])
     assert torch.equal(latlon[0], m.cell_centroids[de_cells[1]]) and int(probs.argmax()) == 0
+    # ... and decoding it with the per-cell offsets gives the single-image guess itself
+    assert torch.equal(m.decode_cells(g["cell_probs"], g["cell_offsets"])[0], g["latlon"])
     # without the offset the guess is the centroid
     assert torch.equal(_model(offset=False).guess(out)["latlon"][0], m.cell_centroids[de_cells[1]])
+
+
+def test_a_country_without_training_cells_is_never_the_guess():
+    m = MultiTaskGeolocator(countries=["DE", "FR", "NO"], backbone="test_efficientnet", weights=None, image_size=32)
+    m.set_geocells(_cells())  # no Norwegian rows in training: no Norwegian cells
+    k = len(m.geocells)
+    out = {"cell_logits": torch.zeros(1, k), "offsets": torch.zeros(1, 2 * k), "country_logits": torch.tensor([[0.0, 1.0, 9.0]])}
+    g = m.eval().guess(out)
+    assert m.countries[int(g["probs"].argmax())] == "FR" and float(g["probs"][0, 2]) == 0.0
+    assert m.geocells.countries[int(g["cell_probs"].argmax())] == "FR"
+
+
+def test_the_cell_distribution_decodes_to_the_guess_even_when_cells_underflow():
+    m = _model()
+    k = len(m.geocells)
+    fr = m.geocells.countries.index("FR")
+    cell_logits = torch.zeros(1, k)
+    cell_logits[0, fr] = -200.0  # exp underflows in a softmax over all cells
+    g = m.guess({"cell_logits": cell_logits, "offsets": torch.zeros(1, 2 * k), "country_logits": torch.tensor([[-5.0, 5.0]])})
+    assert m.countries[int(g["probs"].argmax())] == "FR" and float(g["cell_probs"][0, fr]) > 0.99
+    latlon, probs = m.decode_cells(g["cell_probs"], g["cell_offsets"])
+    assert torch.equal(latlon, g["latlon"]) and int(probs.argmax()) == int(g["probs"].argmax())
+
+
+def test_several_views_keep_the_offset():
+    """Views of one place: their cell probabilities and per-cell offsets are averaged, then decoded as one view."""
+    from geotrainr.multiview import group
+    from geotrainr.predictions import make_guesses
+
+    m = _model()
+    k = len(m.geocells)
+    de = m.geocells.countries.index("DE")
+    outs = []
+    for east in (0.02, 0.04):
+        offsets = torch.zeros(1, 2 * k)
+        offsets[0, 2 * de: 2 * de + 2] = torch.tensor([0.0, east])
+        cell_logits = torch.zeros(1, k)
+        cell_logits[0, de] = 3.0
+        outs.append(m.guess({"cell_logits": cell_logits, "offsets": offsets, "country_logits": torch.tensor([[5.0, 0.0]])}))
+
+    def decoder(cell_probs, cell_offsets=None):
+        ll, p = m.decode_cells(torch.from_numpy(cell_probs)[None], None if cell_offsets is None else torch.from_numpy(cell_offsets)[None])
+        return ll[0].numpy(), p[0].numpy()
+
+    views = make_guesses(["a_0.jpg", "a_90.jpg"], np.stack([o["latlon"][0].numpy() for o in outs]),
+                         np.stack([o["probs"][0].numpy() for o in outs]), {}, m.countries, 2)
+    for v, o in zip(views, outs):
+        v.cell_probs, v.cell_offsets, v.cell_decoder = o["cell_probs"][0].numpy(), o["cell_offsets"][0].numpy(), decoder
+    (one,) = group(views, ["a", "a"])
+    centroid = m.geocells.centroids[de]
+    box = m.geocells.bounds[de]
+    assert one.lon == pytest.approx(min(centroid[1] + 0.03, box[3]))  # the mean offset, not the bare centroid
+    assert one.lon != pytest.approx(centroid[1]) and one.country == "DE"
 
 
 def test_every_head_learns_from_the_weighted_loss():
@@ -104,7 +159,7 @@ def test_multitask_config_through_every_verb(tiny_index, tmp_path, monkeypatch, 
     model = load_model(ckpt)
     assert model.country_head is not None and model.offset_head.out_features == 2 * len(model.geocells)
     hp = read_checkpoint(ckpt)["hyper_parameters"]
-    assert hp["head_warmup_epochs"] == 0.25 and hp["backbone_lr_mult"] == 0.5 and not hp["freeze_backbone"]
+    assert hp["head_warmup_epochs"] == 0.0 and hp["warmup_epochs"] == 0.5 and hp["backbone_lr_mult"] == 0.5 and not hp["freeze_backbone"]
 
     images = sorted(str(p) for p in (tiny_index.parent / "images").glob("*.jpg"))[:4]
     assert main(["locate", str(ckpt), *images, "--format", "json", "-o", "located.json", "--workers", "0"]) == 0
@@ -148,8 +203,9 @@ def test_multitask_trains_on_a_single_country(tmp_path, monkeypatch, capsys):
 
 
 def test_country_model_init_starts_the_backbone_and_the_country_head(tmp_path):
-    from geotrainr.tasks import CountryClassifier
     import lightning as L
+
+    from geotrainr.tasks import CountryClassifier
 
     country = CountryClassifier(countries=["DE", "FR"], backbone="test_efficientnet", weights=None, image_size=32)
     ckpt = tmp_path / "country.ckpt"

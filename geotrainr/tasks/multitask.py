@@ -18,9 +18,8 @@ class MultiTaskGeolocator(CoordinateRegressor):
     ``cell_weight`` x cross-entropy against haversine-smoothed cell targets +
     ``offset_weight`` x smooth-L1 of the true point's offset from its nearest cell's centroid (degrees).
 
-    The guess is hierarchical. First the country: its probability is the country head's times the
-    sum of its cells' probabilities, renormalised (two views of one question, each correcting the
-    other). Then the most probable cell inside that country. Then, with ``offset``, the offset
+    The guess is hierarchical. First the country, from the country head (without one, the sum of
+    its cells' probabilities). Then the most probable cell inside that country. Then, with ``offset``, the offset
     head's correction for that cell, kept inside the box of the cell's training points. The
     reported cell distribution is P(country) x P(cell | country), so that decoding it (as several
     views of one place are, averaged) gives the same country and cell as the single-image guess.
@@ -102,6 +101,9 @@ class MultiTaskGeolocator(CoordinateRegressor):
         fresh = self.head is None or self.head.out_features != len(cells)
         super().set_geocells(cells)
         self.register_buffer("cell_bounds", torch.from_numpy(cells.bounds.astype("float64").copy()), persistent=False)
+        has_cells = torch.zeros(self.num_classes)
+        has_cells[self.cell_country] = 1.0
+        self.register_buffer("has_cells", has_cells, persistent=False)
         if self._weights["offset_weight"] == 0:
             self.offset_head = None
         elif fresh or self.offset_head is None or self.offset_head.out_features != 2 * len(cells):
@@ -127,29 +129,53 @@ class MultiTaskGeolocator(CoordinateRegressor):
         return self.heads(self.features(images))["cell_logits"]
 
     def combined(self, out: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(P(country) (N, C), P(country) x P(cell | country) (N, K)) from the heads' outputs."""
-        cell_probs = out["cell_logits"].softmax(-1)
-        summed = country_probs(cell_probs, self.cell_country, self.num_classes)
-        probs = summed
-        if "country_logits" in out:
-            probs = out["country_logits"].softmax(-1) * summed
+        """(P(country) (N, C), P(country) x P(cell | country) (N, K)) from the heads' outputs.
+
+        P(country) is the country head's alone: multiplying in the cells' summed probability, tried
+        first, cost 4.7 points of Acc@1 on the relief set and gained nothing on the demo
+        (docs/results.md). Without a country head it is the cells' sum.
+        """
+        logits = out["cell_logits"]
+        if "country_logits" in out:  # a class-list country without training cells cannot be the guess
+            probs = out["country_logits"].softmax(-1) * self.has_cells
             probs = probs / probs.sum(-1, keepdim=True).clamp_min(1e-30)
-        within = cell_probs / summed.gather(1, self.cell_country[None, :].expand_as(cell_probs)).clamp_min(1e-30)
-        return probs, within * probs.gather(1, self.cell_country[None, :].expand_as(cell_probs))
+        else:
+            probs = country_probs(logits.softmax(-1), self.cell_country, self.num_classes)
+        idx = self.cell_country[None, :].expand_as(logits)
+        # P(cell | its country) in log space: a country whose cells all underflow in a global softmax keeps its sum 1
+        top = logits.new_full(probs.shape, float("-inf")).scatter_reduce(1, idx, logits, "amax")
+        shifted = (logits - top.gather(1, idx)).exp()
+        within = shifted / shifted.new_zeros(probs.shape).index_add_(1, self.cell_country, shifted).gather(1, idx)
+        return probs, within * probs.gather(1, idx)
 
     def guess(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Heads' outputs -> ``latlon`` (N, 2), ``probs`` (N, C) and ``cell_probs`` (N, K)."""
+        """Heads' outputs -> ``latlon`` (N, 2), ``probs`` (N, C), ``cell_probs`` (N, K) and, with an offset
+        head, ``cell_offsets`` (N, K, 2): decoding ``cell_probs`` and ``cell_offsets`` gives ``latlon``."""
         probs, cell_probs = self.combined(out)
+        offsets = out["offsets"].view(len(cell_probs), -1, 2) if "offsets" in out else None
+        latlon, _ = self.decode_cells(cell_probs, offsets)
+        guess = {"latlon": latlon, "probs": probs, "cell_probs": cell_probs}
+        if offsets is not None:
+            guess["cell_offsets"] = offsets
+        return guess
+
+    def decode_cells(self, cell_probs: torch.Tensor, offsets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cell probabilities (N, K) and per-cell offsets (N, K, 2) -> (guessed (lat, lon), country probabilities).
+
+        The country is the one with the most probability over its cells, then its most probable cell; with
+        ``offset``, that cell's offset is added, kept inside the box of the cell's training points. Several
+        views of one place decode their averaged cell probabilities and offsets here, as one view does.
+        """
+        probs = country_probs(cell_probs, self.cell_country, self.num_classes)
         inside = self.cell_country[None, :] == probs.argmax(-1, keepdim=True)
         cell = (cell_probs * inside).argmax(-1)
         latlon = self.cell_centroids[cell].clone()
-        if self.hparams.offset and "offsets" in out:
-            n = torch.arange(len(cell), device=cell.device)
-            offset = out["offsets"].view(len(cell), -1, 2)[n, cell].double()
+        if self.hparams.offset and offsets is not None:
+            offset = offsets[torch.arange(len(cell), device=cell.device), cell].double()
             box = self.cell_bounds[cell]
             latlon[:, 0] = (latlon[:, 0] + offset[:, 0]).clamp(box[:, 0], box[:, 1])
             latlon[:, 1] = torch.maximum(torch.minimum(latlon[:, 1] + offset[:, 1], box[:, 3]), box[:, 2])
-        return {"latlon": latlon, "probs": probs, "cell_probs": cell_probs}
+        return latlon, probs
 
     def predict_latlon(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.guess(self.heads(self.features(images)))
@@ -185,6 +211,6 @@ class MultiTaskGeolocator(CoordinateRegressor):
         return f"multi-task model: lat/lon is {where} of the guessed country"
 
     def explain_score(self, pooled: torch.Tensor, target: str | None) -> tuple[torch.Tensor, str, str, float]:
-        """A country's combined probability (country head x its cells), as the guess uses it."""
+        """A country's probability as the guess uses it (the country head's, or its cells' sum without one)."""
         probs, _ = self.combined(self.heads(pooled))
         return self._explain_class(probs.clamp_min(1e-30).log(), target)
