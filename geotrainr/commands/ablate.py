@@ -16,7 +16,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         description="Train and score the ablation study with fixed seeds: (a) country classification per backbone, "
         "(b) coordinates with the seed's linear head, ImageNet vs country-model init, (c) distance, Euclidean vs "
         "discriminator, (d) coordinates, geocell vs linear head; on request (aug) country classification per "
-        "augmentation policy and (res) per input size. Several evaluation sets run every group each, and the page "
+        "augmentation policy, (res) per input size and (mt) the multi-task model against the single-task models. Several evaluation sets run every group each, and the page "
         "compares the groups across them. Writes a Markdown table page (and its numbers as JSON).",
     )
     p.add_argument("--index", default="demo", help="comma-separated evaluation sets, each a parquet index or 'demo' "
