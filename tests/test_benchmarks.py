@@ -75,3 +75,11 @@ def test_shard_engines_quick(tmp_path, demo_index):
     pytest.importorskip("webdataset")
     figures = run_quick("shard_engines", tmp_path)
     assert all(figures[e]["images_per_s"] > 0 for e in ("files", "parquet", "webdataset", "litdata"))
+
+
+def test_recipe_quick(tmp_path, demo_index):
+    figures = run_quick("recipe", tmp_path, "--index=demo")
+    arm = figures["demo"]
+    assert 0.0 <= arm["plain_acc1"] <= 1.0 and 0.0 <= arm["recipe_acc1"] <= 1.0
+    assert arm["plain_minutes"] > 0 and arm["recipe_minutes"] > 0
+    assert (tmp_path / "work" / "recipe" / "demo" / "runs" / "country").is_dir()  # the run lands in the workdir
