@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from jsonargparse import Namespace
 from lightning.pytorch import Trainer
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_only
 
 from geotrainr.config_files import register_parser_mode, resolve_config_args
@@ -19,6 +19,14 @@ from geotrainr.files import write_text_atomic
 from geotrainr.data.datamodule import GeoDataModule
 from geotrainr.runs import RUN_CHECKPOINTS, claim_run_folder, find_checkpoint, run_version
 from geotrainr.tasks.base import GeoTask
+
+#: jsonargparse keeps its loaders per process: registered on import, here and in every spawned DDP process
+PARSER_MODE = register_parser_mode()
+
+
+class SaveConfig(SaveConfigCallback):
+    """Lightning's config-saving callback, as a class of this module: a DDP process started by spawn
+    unpickles it, and so imports this module and registers :data:`PARSER_MODE` before it saves."""
 
 
 class GeoCLI(LightningCLI):
@@ -183,9 +191,10 @@ def run_lightning(verb: str, args: list[str]) -> int:
             GeoDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,
+            save_config_callback=SaveConfig,
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
-            parser_kwargs={"prog": "geotrainr", "default_env": False, "parser_mode": register_parser_mode()},
+            parser_kwargs={"prog": "geotrainr", "default_env": False, "parser_mode": PARSER_MODE},
         )
     except SystemExit as e:  # jsonargparse: --help, --print_config (0) or a usage error (2)
         return int(e.code or 0) if isinstance(e.code, int) or e.code is None else 2
