@@ -95,12 +95,23 @@ class GeoDataModule(L.LightningDataModule):
             raise IndexValidationError(f"max_unreadable {max_unreadable!r}: must be a fraction in [0, 1]")
         self.augment = resolve_policy(augment)  # one line for an unknown name, before any data is read
         self.save_hyperparameters(ignore=["countries"])  # the model logs the resolved class list
+        self.preprocessing = Preprocessing()
+        self.frames: dict[str, object] = {}
+        self.skipped = {"train": 0, "val": 0, "test": 0, "predict": 0}
+        self.seen = {"train": 0, "val": 0, "test": 0, "predict": 0}  # images tried, skipped ones included
         # --- packed sets (geotrainr pack) are streamed from their row groups: geotrainr/data/shards.py
         self.packed = open_packed(index, stream_buffer)
         if self.packed is not None:
             self._init_packed(countries)
-            return
-        # ---
+        else:
+            self._init_index(index, countries)
+        if not self.countries:
+            where = self.packed.location if self.packed is not None else self.index_path
+            raise IndexValidationError(f"{where}: the training split holds no rows")
+        self.num_classes = len(self.countries)
+
+    def _init_index(self, index: str, countries: list[str] | None) -> None:
+        """``__init__`` for a parquet index: the class list from the training split's countries (or ``countries``)."""
         self.index_path = resolve_index(index)
         self.root = index_root(self.index_path)
         meta = read_index(self.index_path, columns=["country", "split", "lat", "lon", "image_path"])
@@ -110,14 +121,7 @@ class GeoDataModule(L.LightningDataModule):
         else:
             train = meta[meta["split"] == "train"] if self._has_split else meta
             self.countries = sorted(train["country"].str.upper().unique().tolist())
-        if not self.countries:
-            raise IndexValidationError(f"{self.index_path}: the training split holds no rows")
-        self.num_classes = len(self.countries)
-        self.preprocessing = Preprocessing()
-        self.frames: dict[str, object] = {}
-        self.skipped = {"train": 0, "val": 0, "test": 0, "predict": 0}
         self.has_test_split = self._has_split and bool((meta["split"] == "test").any())
-        self.seen = {"train": 0, "val": 0, "test": 0, "predict": 0}  # images tried, skipped ones included
 
     # --- configuration -----------------------------------------------------
 
@@ -299,13 +303,6 @@ class GeoDataModule(L.LightningDataModule):
         self.root = self.index_path
         self._has_split = True
         self.countries = class_list(countries) if countries else self.packed.countries
-        if not self.countries:
-            raise IndexValidationError(f"{self.packed.location}: the training split holds no rows")
-        self.num_classes = len(self.countries)
-        self.preprocessing = Preprocessing()
-        self.frames: dict[str, object] = {}
-        self.skipped = {"train": 0, "val": 0, "test": 0, "predict": 0}
-        self.seen = {"train": 0, "val": 0, "test": 0, "predict": 0}
         self.has_test_split = self.packed.split_rows.get("test", 0) > 0
         self._stream_done: set[int] = set()  # batches of the current epoch the model has had
         self._stream_epoch, self._stream_world = -1, 1
