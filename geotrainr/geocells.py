@@ -246,9 +246,17 @@ def decode(cell_probs: torch.Tensor, centroids: torch.Tensor, cell_country: torc
     country's cells, so that the guessed coordinates always lie in a cell of
     the guessed country.
     """
+    inside, probs = cells_of_top_country(cell_probs, cell_country, num_classes)
+    return cell_guess(inside, centroids, top_k), probs
+
+
+def cells_of_top_country(cell_probs: torch.Tensor, cell_country: torch.Tensor,
+                         num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cell probabilities with every cell outside the most probable country zeroed (N, K),
+    country probabilities (N, C), each the sum over its cells): the country first, then its cells."""
     probs = country_probs(cell_probs, cell_country, num_classes)
     inside = cell_country.to(cell_probs.device)[None, :] == probs.argmax(-1, keepdim=True)
-    return cell_guess(cell_probs * inside, centroids, top_k), probs
+    return cell_probs * inside, probs
 
 
 # --- drawing ---------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from geotrainr.geocells import Geocells, country_probs
+from geotrainr.geocells import Geocells, cells_of_top_country, country_probs
 from geotrainr.tasks.base import TaskConfigError
 from geotrainr.tasks.coords import CoordinateRegressor
 
@@ -166,9 +166,8 @@ class MultiTaskGeolocator(CoordinateRegressor):
         ``offset``, that cell's offset is added, kept inside the box of the cell's training points. Several
         views of one place decode their averaged cell probabilities and offsets here, as one view does.
         """
-        probs = country_probs(cell_probs, self.cell_country, self.num_classes)
-        inside = self.cell_country[None, :] == probs.argmax(-1, keepdim=True)
-        cell = (cell_probs * inside).argmax(-1)
+        inside, probs = cells_of_top_country(cell_probs, self.cell_country, self.num_classes)
+        cell = inside.argmax(-1)
         latlon = self.cell_centroids[cell].clone()
         if self.hparams.offset and offsets is not None:
             offset = offsets[torch.arange(len(cell), device=cell.device), cell].double()
