@@ -30,7 +30,9 @@ _API = {
     "DistancePredictor": "geotrainr.tasks",
     "TASKS": "geotrainr.tasks",
     "GeotrainrError": "geotrainr.errors",
-    "CheckpointError": "geotrainr.checkpoints",
+    "CheckpointError": "geotrainr.artifact",
+    "load_model": "geotrainr.load",
+    "MultiTaskGeolocator": "geotrainr.tasks",
     "export_model": "geotrainr.hub",
 }
 

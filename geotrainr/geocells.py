@@ -153,9 +153,9 @@ class Geocells:
         if not path.is_file():
             raise GeocellError(f"{path}: no such file")
         if path.suffix == ".ckpt":
-            from geotrainr.checkpoints import read_checkpoint
+            from geotrainr.artifact import read_checkpoint
 
-            record = read_checkpoint(path)["geotrainr"].get("geocells")
+            record = read_checkpoint(path).record.get("geocells")
             if record is None:
                 raise GeocellError(f"{path}: this checkpoint has no geocells (it was not trained with head: geocells)")
             return cls.from_dict(record)

@@ -1,14 +1,10 @@
-"""Shareable models in the Hugging Face layout: ``model.safetensors``, ``config.json``, ``README.md``.
+"""Publishing models in the Hugging Face layout: ``model.safetensors``, ``config.json``, ``README.md``.
 
-``geotrainr export CKPT --out DIR`` writes such a folder; :func:`load_exported` (and
-``Locator.from_pretrained``, ``geotrainr.load``) read it back from a local folder or from a Hub
-repository (``org/name``, through the ``huggingface_hub`` cache, so ``HF_HUB_OFFLINE=1`` works
-once it was downloaded). :class:`ExportedModel` is ``huggingface_hub``'s :class:`ModelHubMixin`
-around a task model, so ``save_pretrained`` and ``push_to_hub`` are the library's own.
-
-Nothing in an exported folder is executed: the weights are safetensors (no pickle), the config
-is JSON checked field by field (:func:`geotrainr.checkpoints.validate_record`) and the task class
-comes from the registry of task kinds.
+``geotrainr export MODEL --out DIR`` writes such a folder; ``huggingface-cli upload`` or
+:meth:`ExportedModel.push_to_hub` publishes it. Reading one back, from a folder or a Hub repository,
+is :func:`geotrainr.load.load_model`'s, as for every other model file: nothing in an exported
+folder is executed (the weights are safetensors, the config is JSON checked field by field, the
+task class comes from the registry of task kinds).
 """
 
 from __future__ import annotations
@@ -23,12 +19,9 @@ import torch
 from huggingface_hub import ModelHubMixin
 
 from geotrainr import __version__
+from geotrainr.artifact import CONFIG_NAME, WEIGHTS_NAME, CheckpointError
 from geotrainr.files import replace_folder
-from geotrainr.checkpoints import CheckpointError, build_model, read_checkpoint, validate_record
-from geotrainr.errors import GeotrainrError
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
+from geotrainr.load import build_model, load_model, read_source
 
 #: Licence and attribution of the data sources geotrainr knows by their index ``source`` value.
 KNOWN_SOURCES = {
@@ -81,38 +74,15 @@ class ExportedModel(ModelHubMixin, library_name="geotrainr", tags=["geotrainr", 
     @classmethod
     def _from_pretrained(cls, *, model_id: str, revision: str | None, cache_dir, force_download: bool,
                          local_files_only: bool, token, **model_kwargs) -> ExportedModel:
-        folder = Path(model_id)
-        if folder.is_dir():
-            config_file, weights_file = folder / CONFIG_NAME, folder / WEIGHTS_NAME
-        else:
-            from huggingface_hub import hf_hub_download
+        """Through the one loader (huggingface_hub's own reading of config.json is never used)."""
+        return cls(load_model(model_id, revision=revision, cache_dir=cache_dir, force_download=force_download,
+                              local_files_only=local_files_only, token=token))
 
-            kw = dict(repo_id=model_id, revision=revision, cache_dir=cache_dir, force_download=force_download,
-                      local_files_only=local_files_only, token=token)
-            config_file, weights_file = Path(hf_hub_download(filename=CONFIG_NAME, **kw)), Path(hf_hub_download(filename=WEIGHTS_NAME, **kw))
-        return cls(read_exported(config_file, weights_file, model_id))
-
-
-def read_exported(config_file: Path, weights_file: Path, where: str) -> torch.nn.Module:
-    """A task model from an exported config.json and model.safetensors, both checked before use."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    for f in (config_file, weights_file):
-        if not f.is_file():
-            raise CheckpointError(f"{where}: no {f.name}; an exported geotrainr model has {CONFIG_NAME} and {WEIGHTS_NAME}")
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{where}: {CONFIG_NAME} is not JSON ({e})") from None
-    if not isinstance(config, dict) or config.get("library_name") != "geotrainr":
-        raise CheckpointError(f"{where}: {CONFIG_NAME} is not a geotrainr model's config (library_name is not geotrainr)")
-    record = validate_record({k: v for k, v in config.items() if k not in ("hyper_parameters", "library_name")}, where)
-    try:
-        state = load_file(str(weights_file))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{where}: {WEIGHTS_NAME} is not readable safetensors ({str(e).splitlines()[0]})") from None
-    return build_model(record, config.get("hyper_parameters"), state, where)
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> ExportedModel:
+        """A local exported folder or a Hub repository id, read by :func:`geotrainr.load.load_model`."""
+        hub = {k: v for k, v in kwargs.items() if k in ("revision", "cache_dir", "force_download", "local_files_only", "token")}
+        return cls(load_model(pretrained_model_name_or_path, **hub))
 
 
 def model_card(config: dict) -> str:
@@ -182,54 +152,24 @@ def model_card(config: dict) -> str:
 
 
 def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, force: bool = False) -> Path:
-    """Write a checkpoint as an exported folder, atomically: a half-written folder is never left at ``out``."""
+    """Write a model (a checkpoint, a run folder, an exported folder) as an exported folder, atomically:
+    a half-written folder is never left at ``out``."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ExportError(f"{out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise ExportError(f"{out}: folder exists and is not empty (use --force to replace it)")
-    ckpt = read_checkpoint(checkpoint)
-    record = ckpt["geotrainr"]
-    model = build_model(record, ckpt.get("hyper_parameters"), ckpt["state_dict"], checkpoint)
+    artifact = read_source(checkpoint)
+    model = build_model(artifact)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        ExportedModel(model, {k: record.get(k) for k in ("metrics", "data")}).save_pretrained(tmp)
+        ExportedModel(model, {k: artifact.record.get(k) for k in ("metrics", "data")}).save_pretrained(tmp)
         replace_folder(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
-def load_exported(name_or_path: str | os.PathLike, kind: str | None = None, **hub_kwargs) -> torch.nn.Module:
-    """A task model from an exported folder or a Hub repository id, in eval mode on the CPU."""
-    where = str(name_or_path)
-    if not Path(where).is_dir() and where.count("/") != 1:
-        raise CheckpointError(f"{where}: not a checkpoint file, an exported model folder or a Hub repository id (org/name)")
-    try:
-        model = ExportedModel.from_pretrained(where, **hub_kwargs).model
-    except GeotrainrError:
-        raise
-    except Exception as e:  # noqa: BLE001 - hub, network and cache errors all mean "cannot get it"
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CheckpointError(f"{where}: cannot load it from the Hugging Face Hub or its cache ({type(e).__name__}: {first})") from None
-    if kind is not None and model.task_kind != kind:
-        raise CheckpointError(f"{where}: a {model.task_kind} model, but a {kind} model is needed")
-    return model
-
-
-def load_any(source: str | os.PathLike, kind: str | None = None) -> torch.nn.Module:
-    """A checkpoint file, a run folder (its best checkpoint), an exported folder or a Hub repository id."""
-    from geotrainr.checkpoints import load_model
-
-    if Path(source).is_file() or str(source).endswith(".ckpt"):
-        return load_model(source, kind=kind)
-    best = Path(source) / "checkpoints" / "best.ckpt"  # runs/<task>/version_N as fit writes it
-    if best.is_file() and not (Path(source) / "config.json").is_file():
-        return load_model(best, kind=kind)
-    return load_exported(source, kind=kind)
-
-
-__all__ = ["ExportedModel", "ExportError", "export_config", "export_model", "load_exported", "load_any", "model_card",
-           "read_exported"]
+__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "ExportedModel", "ExportError", "export_config", "export_model", "model_card"]

@@ -1,4 +1,10 @@
-"""LightningCLI for fit/validate/test/predict: class list linked from data to model, metrics saved as JSON."""
+"""LightningCLI for fit/validate/test/predict: class list linked from data to model, metrics saved as JSON.
+
+A ``ckpt_path`` (``--ckpt_path``, any abbreviation of it, ``ckpt_path:`` in a config, ``last``/``best``)
+is read by geotrainr's one loader twice over: LightningCLI's own reading of the file's
+hyper-parameters into the config (which would import any class a file names) is replaced by
+:meth:`GeoCLI._parse_ckpt_path`, and the Trainer reads the file through :class:`GeoCheckpointIO`.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +17,15 @@ import torch
 from jsonargparse import Namespace
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
 from geotrainr.config_files import register_parser_mode, resolve_config_args
+from geotrainr.artifact import read_checkpoint
 from geotrainr.errors import GeotrainrError
 from geotrainr.files import write_text_atomic
 from geotrainr.data.datamodule import GeoDataModule
+from geotrainr.load import class_path, task_arguments, task_class
 from geotrainr.runs import RUN_CHECKPOINTS, claim_run_folder, find_checkpoint, run_version
 from geotrainr.tasks.base import GeoTask
 
@@ -29,6 +38,14 @@ class SaveConfig(SaveConfigCallback):
     unpickles it, and so imports this module and registers :data:`PARSER_MODE` before it saves."""
 
 
+class GeoCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint reading (resume, ``validate``/``test``/``predict`` with ``ckpt_path``) through
+    :func:`geotrainr.artifact.read_checkpoint`: bounded, ``weights_only``, the record and weights checked."""
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+        return read_checkpoint(path).checkpoint
+
+
 class GeoCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.countries", "model.init_args.countries", apply_on="instantiate")
@@ -38,6 +55,33 @@ class GeoCLI(LightningCLI):
     def _subcommand_config(self, config: Namespace | None) -> Namespace | None:
         """The part of a parsed (or instantiated) config that belongs to the verb being run."""
         return config[self.subcommand] if config is not None and self.subcommand else config
+
+    def _parse_ckpt_path(self) -> None:
+        """The model of a run with ``ckpt_path`` is the checkpoint's, built from what the one loader accepts.
+
+        LightningCLI would parse the file's hyper-parameters into the config as they are, importing the
+        class they name and honouring file and Hub names in them. Here the file is read and checked
+        first, the class is the registered one of its task kind, and only plain, known arguments pass,
+        with the backbone rebuilt offline and nothing that names a file (weights, init_from, geocells).
+        ``last``/``best`` become the newest run's checkpoint under ``default_root_dir`` first.
+        """
+        self._run_checkpoint = None
+        sub = self.config.get("subcommand")
+        cfg = self.config.get(sub) if sub else None
+        ckpt_path = cfg.get("ckpt_path") if cfg is not None else None
+        if not ckpt_path:
+            return
+        if ckpt_path in RUN_CHECKPOINTS:
+            trainer = cfg.get("trainer")
+            root = Path((trainer.get("default_root_dir") if trainer is not None else None) or os.getcwd())
+            ckpt_path = str(find_checkpoint(root, ckpt_path))
+            self._run_checkpoint = (root, Path(ckpt_path))
+            cfg["ckpt_path"] = ckpt_path
+        artifact = read_checkpoint(ckpt_path)
+        cls = task_class(artifact)
+        args = {k: v for k, v in task_arguments(cls, artifact).items() if k != "countries"}  # linked from the data
+        self.config = self.parser.parse_object({sub: {"model": {"class_path": class_path(cls), "init_args": args}}},
+                                               self.config)
 
     def before_instantiate_classes(self) -> None:
         """A W&B logger left at its default ``save_dir`` (".") writes under ``default_root_dir``, as the other runs do."""
@@ -64,20 +108,17 @@ class GeoCLI(LightningCLI):
         trainer_cfg = self._get(self.config_init, "trainer", default={}) or {}
         root = Path(trainer_cfg.get("default_root_dir") or os.getcwd())
         version = SLURMEnvironment.job_id()  # Lightning's default: a requeued SLURM job continues its run
-        sub = self._subcommand_config(self.config_init)
-        ckpt_path = sub.get("ckpt_path") if sub is not None else None
-        if ckpt_path in RUN_CHECKPOINTS:
-            found = find_checkpoint(root, ckpt_path)
-            check_ckpt_path(str(found))  # the same checks as a path given by name
-            sub["ckpt_path"] = str(found)
-            if self.subcommand == "fit":
-                version = run_version(root, found)
-                if rank_zero_only.rank == 0:
-                    print(f"resuming {found.parent.parent} from {found}")
+        if getattr(self, "_run_checkpoint", None) is not None and self.subcommand == "fit":  # --ckpt_path last|best: the same run
+            found = self._run_checkpoint[1]
+            version = run_version(root, found)
+            if rank_zero_only.rank == 0:
+                print(f"resuming {found.parent.parent} from {found}")
         if trainer_cfg.get("logger") in (None, True) and "logger" not in kwargs:
             if version is None and rank_zero_only.rank == 0 and not trainer_cfg.get("fast_dev_run"):
                 version = claim_run_folder(root)  # other ranks take rank 0's folder (Lightning broadcasts it)
             kwargs["logger"] = TensorBoardLogger(save_dir=root, name="", version=version, default_hp_metric=False)
+        plugins = kwargs.get("plugins", trainer_cfg.get("plugins")) or []
+        kwargs["plugins"] = [*(plugins if isinstance(plugins, list) else [plugins]), GeoCheckpointIO()]
         return super().instantiate_trainer(**kwargs)
 
     def _log_dir(self) -> Path:
@@ -149,38 +190,8 @@ def _user_error_in_chain(error: BaseException) -> GeotrainrError | None:
     return None
 
 
-def _ckpt_path_arg(args: list[str]) -> str | None:
-    """The value of ``--ckpt_path`` among the arguments (``--ckpt_path X`` or ``--ckpt_path=X``)."""
-    for i, a in enumerate(args):
-        if a == "--ckpt_path" and i + 1 < len(args):
-            return args[i + 1]
-        if a.startswith("--ckpt_path="):
-            return a.split("=", 1)[1]
-    return None
-
-
-def check_ckpt_path(path: str | None) -> None:
-    """Read a ``--ckpt_path`` file through the checkpoint module before Lightning touches it.
-
-    Lightning re-reads the file's hyper-parameters and would import the class they name; here the
-    file must be a valid geotrainr checkpoint whose class is the one registered for its task kind.
-    """
-    if not path or not Path(path).is_file():
-        return  # "last", "best", hub URLs or a missing file: Lightning resolves and reports those
-    from geotrainr.checkpoints import CheckpointError, read_checkpoint, task_class
-
-    ckpt = read_checkpoint(path)
-    cls = task_class(ckpt["geotrainr"])
-    named = (ckpt.get("hyper_parameters") or {}).get("_class_path")
-    expected = f"{cls.__module__}.{cls.__qualname__}"
-    if named is not None and named not in (expected, f"geotrainr.tasks.{cls.__qualname__}"):
-        raise CheckpointError(f"{path}: its hyper-parameters name the class {named!r}, not the {ckpt['geotrainr']['task']} "
-                              f"task's {expected}; refused")
-
-
 def run_lightning(verb: str, args: list[str]) -> int:
     """Run one LightningCLI verb; returns the exit code."""
-    check_ckpt_path(_ckpt_path_arg(args))
     torch.set_float32_matmul_precision("high")
     args = resolve_config_args(args)  # --config country: a shipped config
     saved_argv = sys.argv

@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from geotrainr.errors import GeotrainrError
+from geotrainr.load import load_model
 from geotrainr.preprocess import ImageReadError, Preprocessor, image_label
 from geotrainr.predictions import CellDecoder, Guess, make_guesses
 
@@ -91,32 +92,22 @@ class Locator:
         self.preprocessor = Preprocessor(model.preprocessing)
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device | None = None, kind: str | None = None) -> Locator:
-        """Load a checkpoint written by ``geotrainr fit`` (no weights download, no config).
+    def load(cls, source: str | os.PathLike, device: str | torch.device | None = None, kind: str | None = None,
+             **hub_kwargs) -> Locator:
+        """A checkpoint file, a run folder, an exported folder or a Hub repository id, through
+        :func:`geotrainr.load.load_model` (no weights download, nothing executed from the file).
 
         Args:
-            path: the ``.ckpt`` file.
+            source: what ``geotrainr locate`` takes as MODEL.
             device: ``"cuda"``, ``"cpu"``...; default: the GPU when there is one.
-            kind: require this task kind (country, coords, distance).
+            kind: require this task kind (country, coords, distance, multitask).
+            hub_kwargs: for Hub ids, ``huggingface_hub.hf_hub_download``'s ``revision``, ``token``, ...
         """
-        from geotrainr.checkpoints import load_model
+        return cls(load_model(source, kind=kind, device="cpu", **hub_kwargs), device=device)
 
-        return cls(load_model(path, kind=kind, device="cpu"), device=device)
-
-    @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, device: str | torch.device | None = None,
-                        kind: str | None = None, **hub_kwargs) -> Locator:
-        """Load an exported model: a local folder or a Hugging Face Hub repository id (see :mod:`geotrainr.hub`)."""
-        from geotrainr.hub import load_exported
-
-        return cls(load_exported(name_or_path, kind=kind, **hub_kwargs), device=device)
-
-    @classmethod
-    def load(cls, source: str | os.PathLike, device: str | torch.device | None = None, kind: str | None = None) -> Locator:
-        """A checkpoint file, a run folder, an exported folder or a hub repository id, whichever ``source`` is."""
-        from geotrainr.hub import load_any
-
-        return cls(load_any(source, kind=kind), device=device)
+    #: the same loader under the names earlier releases used
+    from_checkpoint = load
+    from_pretrained = load
 
     def __repr__(self) -> str:
         return f"Locator({self.kind}, {len(self.countries)} countries, {self.preprocessing.image_size} px, {self.device})"

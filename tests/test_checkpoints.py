@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from conftest import SIX, build_tiny_index
-from geotrainr.checkpoints import FORMAT_VERSION, CheckpointError, check_countries, load_model, read_checkpoint
+from geotrainr.artifact import FORMAT_VERSION, CheckpointError, check_countries, read_checkpoint
+from geotrainr.load import load_model
 from geotrainr.cli import main
 from test_locate import photo, tiny_checkpoints
 
@@ -122,24 +124,33 @@ def test_bad_records_are_refused(ckpts, tmp_path, edit, message):
 
 
 def test_the_registry_decides_the_class_not_the_file(ckpts, tmp_path, capsys, monkeypatch):
-    """A class path in the file is never imported: loading goes by task kind, the CLI refuses a foreign one."""
+    """A class path in the file is never imported: loading goes by task kind, and a foreign class named by the
+    hyper-parameters is refused at every door alike."""
     monkeypatch.chdir(tmp_path)
+    ignored = _edited(ckpts["country"], tmp_path / "record.ckpt", lambda d: d["geotrainr"].update(class_path="os.system"))
+    assert type(load_model(ignored)).__name__ == "CountryClassifier"
+
     def foreign(d):
         d["geotrainr"]["class_path"] = "os.system"
         d["hyper_parameters"]["_class_path"] = "antigravity.Fly"
 
     bad = _edited(ckpts["country"], tmp_path / "foreign.ckpt", foreign)
-    model = load_model(bad)
-    assert type(model).__name__ == "CountryClassifier"
+    with pytest.raises(CheckpointError, match="antigravity.Fly"):
+        load_model(bad)
     index = build_tiny_index(tmp_path / "data", n=12)
-    assert main(["validate", "--config", str(ROOT / "configs/country.yaml"), f"--data.init_args.index={index}",
-                 "--ckpt_path", str(bad)]) == 2
-    assert "antigravity.Fly" in capsys.readouterr().err
+    img = photo(tmp_path / "p.jpg", 1)
+    for argv in (["validate", "--config", str(ROOT / "configs/country.yaml"), f"--data.init_args.index={index}",
+                  "--ckpt_path", str(bad)],
+                 ["locate", str(bad), str(img)]):
+        assert main(argv) == 2, argv[0]
+        err = capsys.readouterr().err
+        assert "antigravity.Fly" in err and "Traceback" not in err, (argv[0], err)
+    assert "antigravity" not in sys.modules
 
 
 def test_class_order_mismatch_is_refused(ckpts, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    saved = read_checkpoint(ckpts["country"])["geotrainr"]["countries"]
+    saved = read_checkpoint(ckpts["country"]).checkpoint["geotrainr"]["countries"]
     check_countries(saved, [c.lower() for c in saved])
     with pytest.raises(CheckpointError, match="another order"):
         check_countries(saved, saved[::-1])
@@ -156,7 +167,7 @@ def test_class_order_mismatch_is_refused(ckpts, tmp_path, capsys, monkeypatch):
 
 
 def test_checkpoint_record_is_versioned_and_complete(ckpts):
-    record = read_checkpoint(ckpts["coords"])["geotrainr"]
+    record = read_checkpoint(ckpts["coords"]).checkpoint["geotrainr"]
     assert record["format"] == FORMAT_VERSION and record["task"] == "coords" and record["head"] == "linear"
     assert record["countries"] == sorted({cc for cc, _, _ in SIX})
     assert {"image_size", "mean", "std", "interpolation", "crop_pct", "draft"} <= set(record["preprocessing"])
@@ -175,7 +186,7 @@ def test_copy_of_a_checkpoint_elsewhere_still_loads(ckpts, tmp_path):
 def test_hub_backbones_rebuild_offline_and_preprocessing_is_the_recorded_one(ckpts, tmp_path, monkeypatch):
     """A model trained on an hf-hub: backbone loads from its file alone; its input is what the file says."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    record = read_checkpoint(ckpts["country"])["geotrainr"]
+    record = read_checkpoint(ckpts["country"]).checkpoint["geotrainr"]
     assert record["architecture"] == "test_efficientnet"
 
     def from_hub(d):

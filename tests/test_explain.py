@@ -10,7 +10,7 @@ from PIL import Image
 from geotrainr.cli import main
 from geotrainr.explain import ExplainError, explain
 from geotrainr.preprocess import Preprocessor
-from geotrainr.inference import Locator
+from geotrainr.locator import Locator
 from geotrainr.tasks import CountryClassifier
 from test_locate import photo, tiny_checkpoints
 

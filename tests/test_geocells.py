@@ -12,7 +12,10 @@ from geotrainr.cli import main
 from geotrainr.data.datamodule import GeoDataModule
 from geotrainr.geo import great_circle_error_km, spherical_mean
 from geotrainr.geocells import GeocellError, Geocells, decode, haversine_smoothed_targets
-from geotrainr.inference import Locator, group, load_model, read_checkpoint
+from geotrainr.artifact import read_checkpoint
+from geotrainr.load import load_model
+from geotrainr.locator import Locator
+from geotrainr.multiview import group
 from geotrainr.tasks import CoordinateRegressor
 from geotrainr.tasks.base import TaskConfigError
 
@@ -133,7 +136,7 @@ def test_tiny_fit_beats_the_mean_location_and_round_trips(tiny_index, tmp_path):
 
     ckpt = tmp_path / "geo.ckpt"
     trainer.save_checkpoint(ckpt)
-    meta = read_checkpoint(ckpt)["geotrainr"]
+    meta = read_checkpoint(ckpt).checkpoint["geotrainr"]
     assert meta["head"] == "geocells" and len(meta["geocells"]["countries"]) == model.head.out_features
     loaded = load_model(ckpt)
     x = torch.randn(4, 3, 32, 32)

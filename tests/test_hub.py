@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 
 import geotrainr
-from geotrainr.checkpoints import CheckpointError
+from geotrainr.artifact import CheckpointError
 from geotrainr.cli import main
-from geotrainr.hub import load_exported
+from geotrainr.load import load_model as load_exported
 from geotrainr.locator import Locator
 from test_locate import photo, tiny_checkpoints
 

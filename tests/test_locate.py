@@ -17,15 +17,11 @@ from PIL import Image
 from conftest import SIX, build_tiny_index
 from geotrainr.cli import main
 from geotrainr.countries import get_country
-from geotrainr.inference import (
-    CheckpointError,
-    Guess,
-    ImageReadError,
-    Locator,
-    auto_group_key,
-    group,
-    read_checkpoint,
-)
+from geotrainr.artifact import CheckpointError, read_checkpoint
+from geotrainr.locator import Locator
+from geotrainr.multiview import auto_group_key, group
+from geotrainr.predictions import Guess
+from geotrainr.preprocess import ImageReadError
 from geotrainr.preprocess import decode
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,7 +105,7 @@ def test_locate_every_format_json(ckpts, photos, capsys):
     assert code == 0, err
     rows = json.loads(out)
     assert [r["image"] for r in rows] == [str(p) for p in photos.values()]
-    classes = read_checkpoint(ckpts["country"])["geotrainr"]["countries"]
+    classes = read_checkpoint(ckpts["country"]).checkpoint["geotrainr"]["countries"]
     for r in rows:
         assert {"image", "country", "probability", "top_k", "lat", "lon", "nearest_place"} <= set(r)
         assert r["error"] is None and r["country"] in classes

@@ -10,7 +10,8 @@ import torch
 from geotrainr.cli import main
 from geotrainr.geo import great_circle_error_km
 from geotrainr.geocells import Geocells
-from geotrainr.inference import load_model, read_checkpoint
+from geotrainr.artifact import read_checkpoint
+from geotrainr.load import load_model
 from geotrainr.tasks import TASKS, MultiTaskGeolocator
 from geotrainr.tasks.base import TaskConfigError
 from test_tasks import newest, tiny_args
@@ -154,11 +155,11 @@ def test_multitask_config_through_every_verb(tiny_index, tmp_path, monkeypatch, 
             "--trainer.enable_progress_bar=false"]
     assert main(["fit", *args]) == 0
     ckpt = newest(tmp_path / "runs" / "multitask", "last.ckpt")
-    record = read_checkpoint(ckpt)["geotrainr"]
+    record = read_checkpoint(ckpt).checkpoint["geotrainr"]
     assert record["task"] == "multitask" and record["head"] == "geocells" and record["geocells"]["countries"]
     model = load_model(ckpt)
     assert model.country_head is not None and model.offset_head.out_features == 2 * len(model.geocells)
-    hp = read_checkpoint(ckpt)["hyper_parameters"]
+    hp = read_checkpoint(ckpt).checkpoint["hyper_parameters"]
     assert hp["head_warmup_epochs"] == 0.0 and hp["warmup_epochs"] == 0.5
     assert hp["backbone_lr_mult"] == 0.5 and not hp["freeze_backbone"]
 

@@ -12,7 +12,8 @@ import yaml
 from geopy.distance import great_circle
 
 from geotrainr.cli import main
-from geotrainr.inference import CheckpointError, load_model, read_checkpoint
+from geotrainr.artifact import CheckpointError, read_checkpoint
+from geotrainr.load import load_model
 from geotrainr.metrics import GeolocationError
 from geotrainr.tasks import CoordinateRegressor, CountryClassifier, DistancePredictor
 
@@ -47,7 +48,7 @@ def test_fit_validate_test_predict_and_checkpoint_contents(tiny_index, tmp_path,
     assert main(["fit", *args, "--trainer.max_epochs=2"]) == 0
     ckpt = tmp_path / "runs/country/version_0/checkpoints/best.ckpt"
     assert ckpt.is_file() and (tmp_path / "runs/country/version_0/checkpoints/last.ckpt").is_file()
-    meta = read_checkpoint(ckpt)["geotrainr"]
+    meta = read_checkpoint(ckpt).checkpoint["geotrainr"]
     assert meta["task"] == "country" and meta["backbone"] == "test_efficientnet"
     assert meta["countries"] == ["DE", "ES", "FR", "GB", "IT", "PL"]
     assert meta["preprocessing"]["image_size"] == 32
@@ -100,7 +101,7 @@ def test_init_from_copies_backbone_weights(tiny_index, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["fit", *tiny_args(tiny_index), "--trainer.max_epochs=1"]) == 0
     ckpt = tmp_path / "runs/country/version_0/checkpoints/best.ckpt"
-    source = {k[9:]: v for k, v in read_checkpoint(ckpt)["state_dict"].items() if k.startswith("backbone.")}
+    source = {k[9:]: v for k, v in read_checkpoint(ckpt).checkpoint["state_dict"].items() if k.startswith("backbone.")}
     reg = CoordinateRegressor(countries=["DE", "FR"], backbone="test_efficientnet", weights=None, init_from=str(ckpt))
     for k, v in reg.backbone.state_dict().items():
         assert torch.equal(v, source[k]), k

@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     import lightning as L
 
     from geotrainr.data.photos import PhotoDataModule
-    from geotrainr.hub import load_any
+    from geotrainr.load import load_model
     from geotrainr.photos import collect_images
     from geotrainr.predictions import PredictionWriter
 
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     files, notes = collect_images(args.images)
     for n in notes:
         print(f"geotrainr predict: {n}", file=sys.stderr)
-    model = load_any(args.model)
+    model = load_model(args.model)
     dm = PhotoDataModule(files, model.preprocessing, batch_size=args.batch_size, num_workers=args.workers)
     devices = int(args.devices) if str(args.devices).isdigit() else args.devices
     trainer = L.Trainer(accelerator=args.accelerator, devices=devices, strategy=args.strategy, precision=args.precision,

@@ -12,6 +12,7 @@ from torch import nn
 from torchmetrics import Metric, MetricCollection
 
 from geotrainr import __version__
+from geotrainr.artifact import FORMAT_VERSION, check_countries, copy_backbone_weights
 from geotrainr.countries import centres, class_list
 from geotrainr.errors import GeotrainrError
 from geotrainr.models.backbone import AUTO_WEIGHTS, LITE0_MODEL, create_backbone
@@ -133,8 +134,6 @@ class GeoTask(L.LightningModule):
         self.val_metrics = nn.ModuleDict({k: m.clone() for k, m in metrics.items()})
         self.test_metrics = nn.ModuleDict({k: m.clone() for k, m in metrics.items()})
         if init_from:
-            from geotrainr.checkpoints import copy_backbone_weights
-
             copy_backbone_weights(init_from, self.backbone)
         self.save_hyperparameters()
 
@@ -337,8 +336,6 @@ class GeoTask(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Everything ``geotrainr locate`` needs besides the weights."""
-        from geotrainr.checkpoints import FORMAT_VERSION
-
         checkpoint["geotrainr"] = {
             "format": FORMAT_VERSION,
             "version": __version__,
@@ -356,8 +353,6 @@ class GeoTask(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Refuse weights trained on another class list (the same codes in another order permute labels)."""
-        from geotrainr.checkpoints import check_countries
-
         saved = checkpoint.get("geotrainr", {}).get("countries")
         if saved is not None:
             check_countries(saved, self.countries)

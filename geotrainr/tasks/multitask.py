@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from geotrainr.artifact import read_checkpoint
 from geotrainr.geocells import Geocells, cells_of_top_country, country_probs
 from geotrainr.tasks.base import TaskConfigError
 from geotrainr.tasks.coords import CoordinateRegressor
@@ -74,11 +75,9 @@ class MultiTaskGeolocator(CoordinateRegressor):
     def _init_country_head(self, path: str) -> bool:
         """Country-model init goes beyond the backbone: a country checkpoint with the same class list also
         starts the country head (its linear layer). Returns whether it did."""
-        from geotrainr.checkpoints import read_checkpoint
-
-        ckpt = read_checkpoint(path)
-        record = ckpt["geotrainr"]
-        weight, bias = ckpt["state_dict"].get("head.1.weight"), ckpt["state_dict"].get("head.1.bias")
+        artifact = read_checkpoint(path)
+        record, state = artifact.record, artifact.state()
+        weight, bias = state.get("head.1.weight"), state.get("head.1.bias")
         if record.get("task") != "country" or record.get("countries") != self.countries or weight is None or bias is None:
             return False
         if tuple(weight.shape) != tuple(self.country_head.weight.shape):

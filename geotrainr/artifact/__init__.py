@@ -1,0 +1,24 @@
+"""The model artifact: what a trained model is on disk, read as plain data and checked, knowing no task.
+
+- :mod:`geotrainr.artifact.record`: the ``geotrainr`` record (format version, task kind, class list,
+  backbone, preprocessing, geocells) and its schema, checked before anything is built from it;
+- :mod:`geotrainr.artifact.reading`: bounded reading: regular files only, a size limit per kind of file;
+- :mod:`geotrainr.artifact.files`: a checkpoint (``.ckpt``) or an exported folder (``config.json`` +
+  ``model.safetensors``) read into one :class:`Artifact`.
+
+Turning an artifact into a model is :func:`geotrainr.load.load_model`'s (above the tasks).
+"""
+
+from geotrainr.artifact.files import Artifact, copy_backbone_weights, read_checkpoint, read_exported
+from geotrainr.artifact.record import (
+    CONFIG_NAME,
+    FORMAT_VERSION,
+    TASK_KINDS,
+    WEIGHTS_NAME,
+    CheckpointError,
+    check_countries,
+    validate_record,
+)
+
+__all__ = ["Artifact", "CONFIG_NAME", "FORMAT_VERSION", "TASK_KINDS", "WEIGHTS_NAME", "CheckpointError",
+           "check_countries", "copy_backbone_weights", "read_checkpoint", "read_exported", "validate_record"]
