@@ -2,7 +2,7 @@
 
 Both arms use the same model at the same batch size. The raw arm runs
 ``model(x)`` on ready-made input tensors under ``torch.inference_mode``; the
-locate arm goes from image files to :class:`~geotrainr.inference.Guess` objects
+locate arm goes from image files to :class:`~geotrainr.predictions.Guess` objects
 (decoding, the eval transform, the forward, softmax and top-k, the nearest
 GeoNames place), after one warm-up call that builds the place index. By
 default the locator decodes in worker processes only on cores that torch's
@@ -103,7 +103,7 @@ def main() -> None:
 
     import torch
 
-    from geotrainr.inference import Locator
+    from geotrainr.locator import Locator
 
     files_demo, countries = demo_files(n)
     ckpt = args.checkpoint

@@ -31,7 +31,7 @@ _API = {
     "TASKS": "geotrainr.tasks",
     "GeotrainrError": "geotrainr.errors",
     "CheckpointError": "geotrainr.artifact",
-    "load_model": "geotrainr.load",
+    "load_model": "geotrainr.loading",
     "MultiTaskGeolocator": "geotrainr.tasks",
     "export_model": "geotrainr.hub",
 }

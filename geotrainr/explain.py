@@ -186,7 +186,7 @@ def explain(model_or_locator, image, target: str | None = None, device: str | to
     the preprocessor reports scaled onto it.
 
     Args:
-        model_or_locator: what :func:`~geotrainr.checkpoints.load_model` or ``Locator.load`` returns.
+        model_or_locator: what :func:`~geotrainr.loading.load_model` or ``Locator.load`` returns.
         image: path, bytes or PIL image (any size and format Pillow reads).
         target: a country code to explain instead of the predicted one; ``"lat"``/``"lon"`` for coordinate models.
         device: where to run; default: where the model is.

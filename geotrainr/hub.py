@@ -2,7 +2,7 @@
 
 ``geotrainr export MODEL --out DIR`` writes such a folder; ``huggingface-cli upload`` or
 :meth:`ExportedModel.push_to_hub` publishes it. Reading one back, from a folder or a Hub repository,
-is :func:`geotrainr.load.load_model`'s, as for every other model file: nothing in an exported
+is :func:`geotrainr.loading.load_model`'s, as for every other model file: nothing in an exported
 folder is executed (the weights are safetensors, the config is JSON checked field by field, the
 task class comes from the registry of task kinds).
 """
@@ -21,7 +21,7 @@ from huggingface_hub import ModelHubMixin
 from geotrainr import __version__
 from geotrainr.artifact import CONFIG_NAME, WEIGHTS_NAME, CheckpointError
 from geotrainr.files import replace_folder
-from geotrainr.load import build_model, load_model, read_source
+from geotrainr.loading import build_model, load_model, read_source
 
 #: Licence and attribution of the data sources geotrainr knows by their index ``source`` value.
 KNOWN_SOURCES = {
@@ -80,7 +80,7 @@ class ExportedModel(ModelHubMixin, library_name="geotrainr", tags=["geotrainr", 
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> ExportedModel:
-        """A local exported folder or a Hub repository id, read by :func:`geotrainr.load.load_model`."""
+        """A local exported folder or a Hub repository id, read by :func:`geotrainr.loading.load_model`."""
         hub = {k: v for k, v in kwargs.items() if k in ("revision", "cache_dir", "force_download", "local_files_only", "token")}
         return cls(load_model(pretrained_model_name_or_path, **hub))
 

@@ -25,7 +25,7 @@ from geotrainr.artifact import read_checkpoint
 from geotrainr.errors import GeotrainrError
 from geotrainr.files import write_text_atomic
 from geotrainr.data.datamodule import GeoDataModule
-from geotrainr.load import class_path, task_arguments, task_class
+from geotrainr.loading import class_path, task_arguments, task_class
 from geotrainr.runs import RUN_CHECKPOINTS, claim_run_folder, find_checkpoint, run_version
 from geotrainr.tasks.base import GeoTask
 

@@ -1,8 +1,8 @@
 """Locate photos with a trained model: the library API behind ``geotrainr locate``.
 
 :class:`Locator` holds a model and its :class:`~geotrainr.preprocess.Preprocessor`; it loads from a
-checkpoint (:mod:`geotrainr.checkpoints`) or an exported folder or hub repository
-(:mod:`geotrainr.hub`), locates paths, bytes or PIL images in batches, and answers with
+checkpoint, run folder, exported folder or Hub repository through the one loader (:mod:`geotrainr.loading`),
+locates paths, bytes or PIL images in batches, and answers with
 :class:`~geotrainr.predictions.Guess` records.
 """
 
@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from geotrainr.errors import GeotrainrError
-from geotrainr.load import load_model
+from geotrainr.loading import load_model
 from geotrainr.preprocess import ImageReadError, Preprocessor, image_label
 from geotrainr.predictions import CellDecoder, Guess, make_guesses
 
@@ -95,7 +95,7 @@ class Locator:
     def load(cls, source: str | os.PathLike, device: str | torch.device | None = None, kind: str | None = None,
              **hub_kwargs) -> Locator:
         """A checkpoint file, a run folder, an exported folder or a Hub repository id, through
-        :func:`geotrainr.load.load_model` (no weights download, nothing executed from the file).
+        :func:`geotrainr.loading.load_model` (no weights download, nothing executed from the file).
 
         Args:
             source: what ``geotrainr locate`` takes as MODEL.

@@ -12,7 +12,7 @@ import torch
 
 from conftest import SIX, build_tiny_index
 from geotrainr.artifact import FORMAT_VERSION, CheckpointError, check_countries, read_checkpoint
-from geotrainr.load import load_model
+from geotrainr.loading import load_model
 from geotrainr.cli import main
 from test_locate import photo, tiny_checkpoints
 

@@ -13,7 +13,7 @@ from geotrainr.data.datamodule import GeoDataModule
 from geotrainr.geo import great_circle_error_km, spherical_mean
 from geotrainr.geocells import GeocellError, Geocells, decode, haversine_smoothed_targets
 from geotrainr.artifact import read_checkpoint
-from geotrainr.load import load_model
+from geotrainr.loading import load_model
 from geotrainr.locator import Locator
 from geotrainr.multiview import group
 from geotrainr.tasks import CoordinateRegressor

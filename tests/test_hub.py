@@ -15,7 +15,7 @@ from PIL import Image
 import geotrainr
 from geotrainr.artifact import CheckpointError
 from geotrainr.cli import main
-from geotrainr.load import load_model as load_exported
+from geotrainr.loading import load_model as load_exported
 from geotrainr.locator import Locator
 from test_locate import photo, tiny_checkpoints
 

@@ -11,7 +11,7 @@ from geotrainr.cli import main
 from geotrainr.geo import great_circle_error_km
 from geotrainr.geocells import Geocells
 from geotrainr.artifact import read_checkpoint
-from geotrainr.load import load_model
+from geotrainr.loading import load_model
 from geotrainr.tasks import TASKS, MultiTaskGeolocator
 from geotrainr.tasks.base import TaskConfigError
 from test_tasks import newest, tiny_args

@@ -13,7 +13,7 @@ from geopy.distance import great_circle
 
 from geotrainr.cli import main
 from geotrainr.artifact import CheckpointError, read_checkpoint
-from geotrainr.load import load_model
+from geotrainr.loading import load_model
 from geotrainr.metrics import GeolocationError
 from geotrainr.tasks import CoordinateRegressor, CountryClassifier, DistancePredictor
 

@@ -6,13 +6,14 @@
 - :mod:`geotrainr.artifact.files`: a checkpoint (``.ckpt``) or an exported folder (``config.json`` +
   ``model.safetensors``) read into one :class:`Artifact`.
 
-Turning an artifact into a model is :func:`geotrainr.load.load_model`'s (above the tasks).
+Turning an artifact into a model is :func:`geotrainr.loading.load_model`'s (above the tasks).
 """
 
 from geotrainr.artifact.files import Artifact, copy_backbone_weights, read_checkpoint, read_exported
 from geotrainr.artifact.record import (
     CONFIG_NAME,
     FORMAT_VERSION,
+    TASK_CLASSES,
     TASK_KINDS,
     WEIGHTS_NAME,
     CheckpointError,
@@ -20,5 +21,5 @@ from geotrainr.artifact.record import (
     validate_record,
 )
 
-__all__ = ["Artifact", "CONFIG_NAME", "FORMAT_VERSION", "TASK_KINDS", "WEIGHTS_NAME", "CheckpointError",
+__all__ = ["Artifact", "CONFIG_NAME", "FORMAT_VERSION", "TASK_CLASSES", "TASK_KINDS", "WEIGHTS_NAME", "CheckpointError",
            "check_countries", "copy_backbone_weights", "read_checkpoint", "read_exported", "validate_record"]

@@ -32,7 +32,15 @@ from geotrainr.artifact.reading import (
     read_limited,
     regular_file,
 )
-from geotrainr.artifact.record import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, check_countries, plain, validate_record
+from geotrainr.artifact.record import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    CheckpointError,
+    check_class_path,
+    check_countries,
+    plain,
+    validate_record,
+)
 
 #: safetensors dtype names -> torch dtypes (the ones a geotrainr model holds; others are refused)
 _SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -91,6 +99,7 @@ def _hparams(value: Any, record: dict, where: str) -> dict:
         if not isinstance(saved, list) or not all(isinstance(c, str) for c in saved):
             raise CheckpointError(f"{where}: the class list of its hyper-parameters is not a list of country codes")
         check_countries(record["countries"], saved, where, other_name="its hyper-parameters")
+    check_class_path(value, record["task"], where)
     return dict(value)
 
 

@@ -52,9 +52,15 @@ def read_limited(path: str | os.PathLike, limit: int, what: str) -> bytes:
     with os.fdopen(fd, "rb") as f:
         if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
             raise CheckpointError(f"{path}: not a regular file (a {what} must be one)")
-        data = f.read(limit + 1)
-    check_size(path, len(data), limit, what)
-    return data
+        chunks, total = [], 0
+        while total <= limit:  # in chunks: read(limit) would allocate the whole limit at once
+            chunk = f.read(min(limit + 1 - total, max(st.st_size, 1 << 16)))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+    check_size(path, total, limit, what)
+    return b"".join(chunks)
 
 
 def open_limited(path: str | os.PathLike, limit: int, what: str):

@@ -20,8 +20,15 @@ from geotrainr.preprocess import Preprocessing, PreprocessingError
 #: Layout version of the record. Files without the field are format 1 (the layout it was introduced
 #: with); a newer format is refused, not guessed at.
 FORMAT_VERSION = 1
-#: The task kinds a record may name; geotrainr.tasks registers one class for each.
-TASK_KINDS = ("country", "coords", "distance", "multitask")
+#: The task kinds a record may name, with the class geotrainr.tasks registers for each: a class path saved
+#: in a file's hyper-parameters (LightningCLI writes one) must be that one, or the file is refused.
+TASK_CLASSES = {
+    "country": "geotrainr.tasks.country.CountryClassifier",
+    "coords": "geotrainr.tasks.coords.CoordinateRegressor",
+    "distance": "geotrainr.tasks.distance.DistancePredictor",
+    "multitask": "geotrainr.tasks.multitask.MultiTaskGeolocator",
+}
+TASK_KINDS = tuple(TASK_CLASSES)
 #: What ``head`` may say (coordinate models); None for the others.
 HEAD_KINDS = ("linear", "geocells")
 #: An exported model's files (the Hugging Face layout).
@@ -157,5 +164,15 @@ def check_countries(saved: Sequence[str], other: Sequence[str], where: str | os.
                           f"(only in the checkpoint: {', '.join(missing) or '-'}; only in {other_name}: {', '.join(extra) or '-'})")
 
 
-__all__ = ["CONFIG_NAME", "FORMAT_VERSION", "HEAD_KINDS", "MAX_CELLS", "MAX_CLASSES", "TASK_KINDS", "WEIGHTS_NAME",
-           "CheckpointError", "check_countries", "plain", "validate_record"]
+def check_class_path(hparams: dict, task: str, where: str) -> None:
+    """A class path among saved hyper-parameters must be the registered class of the record's task kind."""
+    named = hparams.get("_class_path")
+    expected = TASK_CLASSES[task]
+    short = "geotrainr.tasks." + expected.rsplit(".", 1)[1]
+    if named is not None and named not in (expected, short):
+        raise CheckpointError(f"{where}: its hyper-parameters name the class {str(named)[:120]!r}, not the {task} "
+                              f"task's {expected}; refused")
+
+
+__all__ = ["CONFIG_NAME", "FORMAT_VERSION", "HEAD_KINDS", "MAX_CELLS", "MAX_CLASSES", "TASK_CLASSES", "TASK_KINDS", "WEIGHTS_NAME",
+           "CheckpointError", "check_class_path", "check_countries", "plain", "validate_record"]

@@ -1,10 +1,11 @@
-"""`geotrainr export CKPT --out DIR`: a trained model as a shareable Hugging Face folder."""
+"""`geotrainr export MODEL --out DIR`: a trained model as a shareable Hugging Face folder."""
 
 from __future__ import annotations
 
 import argparse
 
-from geotrainr.hub import CONFIG_NAME, WEIGHTS_NAME, export_model
+from geotrainr.artifact import CONFIG_NAME, WEIGHTS_NAME
+from geotrainr.hub import export_model
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
@@ -15,7 +16,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "geotrainr locate/explain/report and geotrainr.load() take the folder wherever they take a checkpoint.",
         epilog="share it: huggingface-cli upload ORG/NAME DIR  (then: geotrainr locate ORG/NAME photo.jpg)",
     )
-    p.add_argument("checkpoint", help="a .ckpt file written by geotrainr fit")
+    p.add_argument("checkpoint", metavar="MODEL", help="a .ckpt file written by geotrainr fit, a run folder (its best "
+                   "checkpoint) or a folder written by geotrainr export")
     p.add_argument("--out", required=True, help="the folder to write (replaced as a whole, never half-written)")
     p.add_argument("--force", action="store_true", help="replace a folder that already holds files")
     return p

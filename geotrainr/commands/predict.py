@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     import lightning as L
 
     from geotrainr.data.photos import PhotoDataModule
-    from geotrainr.load import load_model
+    from geotrainr.loading import load_model
     from geotrainr.photos import collect_images
     from geotrainr.predictions import PredictionWriter
 
