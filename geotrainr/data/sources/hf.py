@@ -52,7 +52,7 @@ def _shards(src: Path, exclude) -> list[Path]:
         return listed if src.is_dir() else [src]
     if not src.is_dir():
         return [src]
-    return sorted(p for p in src.rglob("*.parquet") if not is_excluded(p, src, exclude))
+    return sorted(p for p in src.rglob("*.parquet") if not is_excluded(p, src, exclude) and not p.is_dir())
 
 
 def read_hf(src: str | os.PathLike, index_dir: str | os.PathLike, columns: dict[str, str] | None = None,
