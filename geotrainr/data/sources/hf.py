@@ -27,7 +27,7 @@ from geotrainr.data.sources.common import (
     pick_column,
     relative,
 )
-from geotrainr.data.trust import UntrustedInputError, outside_reason, regular_file_size
+from geotrainr.data.trust import outside_reason, regular_file_size
 
 SPLIT_NAMES = {"train": "train", "validation": "val", "valid": "val", "val": "val", "dev": "val", "test": "test"}
 
