@@ -265,7 +265,7 @@ def test_a_pack_whose_shards_disagree_with_its_manifest_is_refused_everywhere(pa
     assert shard.name in line and not (tmp_path / "i.parquet").exists()
     monkeypatch.chdir(tmp_path)
     assert shard.name in _one_error(capsys, main(["fit", *tiny_args(packed), "--trainer.max_epochs=1"]))
-    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.ckpt"))
+    assert not (tmp_path / "runs").exists()  # refused before a run folder is made
     assert shard.name in _one_error(capsys, main(["export-dataset", str(packed), "--out", str(tmp_path / "e")]))
     shard.unlink()  # and one missing
     assert "missing" in _one_error(capsys, main(["export-dataset", str(packed), "--out", str(tmp_path / "e")]))
