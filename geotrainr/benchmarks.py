@@ -85,7 +85,7 @@ def benchmark_index(name: str, data: str | os.PathLike, workdir: str | os.PathLi
     if len(df) == 0:
         raise BenchmarkError(f"{data}: no {split} rows with an image for {name}")
     df = validate_index(df.assign(split="test").reset_index(drop=True))
-    return write_index(df, Path(workdir) / "index.parquet"), list(rows.skipped)
+    return write_index(df, Path(workdir) / "index.parquet", image_root=rows.root), list(rows.skipped)
 
 
 def run_benchmark(model, name: str, data: str | os.PathLike, images: str | os.PathLike | None = None,

@@ -8,17 +8,19 @@ import sys
 from pathlib import Path
 
 from geotrainr.data.index import (
+    PLACE_RADIUS_M,
     IndexValidationError,
     assign_splits,
     check_image_headers,
+    check_split_settings,
     image_label,
-    index_from_folder,
     straddling_groups,
     summarize,
     validate_index,
     write_index,
 )
 from geotrainr.data.sources import FORMATS, SourceRows, parse_columns, reader
+from geotrainr.data.sources.common import read_folder
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
@@ -44,7 +46,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--val", type=float, default=0.2, help="validation fraction (default 0.2)")
     p.add_argument("--test", type=float, default=0.0, help="test fraction (default 0)")
     p.add_argument("--block-km", type=float, default=50.0, help="cell size of the block split in km (default 50)")
-    p.add_argument("--radius-m", type=float, default=10.0, help="views closer than this are one place in the group split (default 10 m)")
+    p.add_argument("--radius-m", type=float, default=PLACE_RADIUS_M,
+                   help="views closer than this are one place in the group split (default 10 m; must be positive)")
     p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
     p.add_argument("--no-check", action="store_true", help="skip the header check of every image (size > 0, readable header)")
     p.add_argument("--check-images", action="store_true", help="fully decode every image and refuse on the first bad one (slow)")
@@ -58,19 +61,42 @@ def skipped_listing_path(out: Path) -> Path:
     return out.with_name(f"{out.name.removesuffix('.parquet')}.skipped.csv")
 
 
-def _read_source(args: argparse.Namespace, index_dir: Path) -> SourceRows:
-    if (args.fmt and (args.csv or not args.src)) or (not args.fmt and bool(args.src) == bool(args.csv)):
-        raise IndexValidationError("give exactly one source: a folder, --csv FILE, or --from FORMAT SRC")
+def _read_source(args: argparse.Namespace, index_dir: Path, exclude: tuple[Path, ...]) -> SourceRows:
     columns = parse_columns(args.columns)
     if args.fmt:
-        return reader(args.fmt)(args.src, index_dir, columns=columns, images=args.images)
+        return reader(args.fmt)(args.src, index_dir, columns=columns, images=args.images, exclude=exclude)
     if args.csv:
-        return reader("csv")(args.csv, index_dir, columns=columns, images=args.images)
-    if columns:
+        return reader("csv")(args.csv, index_dir, columns=columns, images=args.images, exclude=exclude)
+    return read_folder(args.src, index_dir, exclude=exclude)
+
+
+def _check_arguments(args: argparse.Namespace, out: Path) -> None:
+    """Every mistake in the arguments, before any data is read and anything is written."""
+    if (args.fmt and (args.csv or not args.src)) or (not args.fmt and bool(args.src) == bool(args.csv)):
+        raise IndexValidationError("give exactly one source: a folder, --csv FILE, or --from FORMAT SRC")
+    if parse_columns(args.columns) and not (args.fmt or args.csv):
         raise IndexValidationError("--columns applies to --csv and --from sources, not to a folder of CC_lat,lon.ext files")
-    return SourceRows(index_from_folder(args.src, index_dir))
-
-
+    check_split_settings(args.val, args.test, args.block_km, args.radius_m)
+    if args.shard_rows is not None and args.shard_rows < 1:
+        raise IndexValidationError(f"--shard-rows {args.shard_rows}: must be at least 1")
+    if args.images is not None and not Path(args.images).is_dir():
+        raise IndexValidationError(f"{args.images}: no such image folder")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise IndexValidationError(f"--out {out}: {parent} is a file, not a folder")
+            break
+    sources = [Path(x).resolve() for x in (args.src, args.csv) if x]
+    if out.resolve() in sources:
+        raise IndexValidationError(f"--out {out}: that is the source; write the index elsewhere")
+    if out.is_dir():
+        if args.shard_rows is None or any(not p.name.endswith(".parquet") for p in out.iterdir()):
+            raise IndexValidationError(f"--out {out} is a folder; name the index file to write (e.g. {out}/index.parquet)")
+    elif out.exists():
+        with open(out, "rb") as f:
+            magic = f.read(4) if out.is_file() else b""
+        if magic != b"PAR1":
+            raise IndexValidationError(f"--out {out} exists and is not a parquet index; it is left as it is")
 def _choose_split(df, requested: str | None) -> tuple[str, bool]:
     """(method, keep_test). A source with val rows keeps its split; a source's test rows always stay test."""
     if "split" not in df.columns:
@@ -83,24 +109,29 @@ def _choose_split(df, requested: str | None) -> tuple[str, bool]:
     return requested or "group", True
 
 
-def _report_skipped(skipped: list[tuple[str, str]], listing: Path) -> None:
-    """One line per reason on stderr (with the first few items) and the full listing beside the index."""
+def _report_skipped(skipped: list[tuple[str, str]], listing: Path | None) -> None:
+    """One line per reason on stderr (with the first few items) and the full listing beside the index
+    (``listing`` None: the run failed and writes nothing; the lines say what was skipped)."""
     import csv
 
     from geotrainr.files import write_text_atomic
 
-    if not skipped:
+    if listing is not None and not skipped:
         listing.unlink(missing_ok=True)  # a listing from an earlier run would describe another index
         return
-    buffer = io.StringIO(newline="")
-    w = csv.writer(buffer)
-    w.writerow(["item", "reason"])
-    w.writerows(skipped)
-    write_text_atomic(listing, buffer.getvalue())
+    if not skipped:
+        return
+    if listing is not None:
+        buffer = io.StringIO(newline="")
+        w = csv.writer(buffer)
+        w.writerow(["item", "reason"])
+        w.writerows(skipped)
+        write_text_atomic(listing, buffer.getvalue())
     by_reason: dict[str, list[str]] = {}
     for item, reason in skipped:
         by_reason.setdefault(reason.split(" (")[0], []).append(item)
-    print(f"skipped {len(skipped)} item(s), listed in {listing}:", file=sys.stderr)
+    print(f"skipped {len(skipped)} item(s)" + (f", listed in {listing}:" if listing is not None else " (nothing written):"),
+          file=sys.stderr)
     for reason, items in by_reason.items():
         more = f", ... ({len(items) - 3} more)" if len(items) > 3 else ""
         print(f"  {len(items)} {reason}: {', '.join(items[:3])}{more}", file=sys.stderr)
@@ -108,29 +139,34 @@ def _report_skipped(skipped: list[tuple[str, str]], listing: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
+    _check_arguments(args, out)
     index_dir = out.resolve().parent
-    rows = _read_source(args, index_dir)
-    df = validate_index(rows.frame)
+    listing = skipped_listing_path(out)
+    rows = _read_source(args, index_dir, exclude=(out.resolve(), listing.resolve()))
     skipped = list(rows.skipped)
-    if not args.no_check and not args.check_images:  # --check-images decodes fully below, refusing on a bad image
-        bad = check_image_headers(df, index_dir)
-        if bad:
-            skipped += [(image_label(df, i) or f"row {i}", reason) for i, reason in bad]
-            df = df.drop(index=[i for i, _ in bad]).reset_index(drop=True)
-            if len(df) == 0:
-                _report_skipped(skipped, skipped_listing_path(out))
-                raise IndexValidationError(f"no usable image: all {len(bad)} failed the header check")
-    method, keep_test = _choose_split(df, args.split)
-    if method != "keep":
-        df = assign_splits(df, method, val=args.val, test=args.test, seed=args.seed, block_km=args.block_km,
-                           radius_m=args.radius_m, keep_test=keep_test)
-    if args.check_images:
-        validate_index(df, root=index_dir, check_images=True)
-    write_index(df, out, shard_rows=args.shard_rows)
-    _report_skipped(skipped, skipped_listing_path(out))
+    try:
+        df = validate_index(rows.frame)
+        if not args.no_check and not args.check_images:  # --check-images decodes fully below, refusing on a bad image
+            bad = check_image_headers(df, index_dir)
+            if bad:
+                skipped += [(image_label(df, i) or f"row {i}", reason) for i, reason in bad]
+                df = df.drop(index=[i for i, _ in bad]).reset_index(drop=True)
+                if len(df) == 0:
+                    raise IndexValidationError(f"no usable image: all {len(bad)} failed the header check")
+        method, keep_test = _choose_split(df, args.split)
+        if method != "keep":
+            df = assign_splits(df, method, val=args.val, test=args.test, seed=args.seed, block_km=args.block_km,
+                               radius_m=args.radius_m, keep_test=keep_test)
+        if args.check_images:
+            validate_index(df, root=index_dir, check_images=True)
+    except IndexValidationError:
+        _report_skipped(skipped, None)
+        raise
+    write_index(df, out, shard_rows=args.shard_rows, image_root=rows.root)
+    _report_skipped(skipped, listing)
     print(summarize(df, args.min_rows))
-    leaked = straddling_groups(df, args.radius_m)
-    print(f"\nplaces with views in more than one split: {leaked}"
-          + (" (near-duplicates leak into validation: use --split group or block)" if leaked else ""))
+    leaked = straddling_groups(df, PLACE_RADIUS_M)
+    print(f"\nplaces with views in more than one split: {leaked} (a place: views sharing a group, pano_id or sequence, "
+          f"or within {PLACE_RADIUS_M:g} m)" + (" - near-duplicates leak into validation: use --split group or block" if leaked else ""))
     print(f"wrote {out}")
     return 0

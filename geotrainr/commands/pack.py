@@ -46,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
     if result.reused:
         print(f"kept {result.reused} shard(s) written before; wrote {result.written}")
     if result.unreadable:
-        print(f"warning: {result.unreadable} image(s) could not be read or decoded; packed as they are "
+        print(f"warning: {result.unreadable} image(s) could not be read or are not images (e.g. "
+              f"{', '.join(result.unreadable_examples or [])}); stored empty, or as they are where only decoding failed "
               "(training skips and counts them, see --data.max_unreadable)")
     print(f"wrote {result.rows} images in {result.shards} shard(s) to {result.out} "
           f"({result.nbytes / 2**20:,.1f} MiB of images written now)")

@@ -13,8 +13,10 @@ from __future__ import annotations
 import os
 import threading
 import zipfile
+import zlib
 from pathlib import Path
 
+from geotrainr.data.trust import MAX_COMPRESSION_RATIO, MAX_IMAGE_BYTES, RATIO_CHECK_BYTES, regular_file_size
 from geotrainr.errors import GeotrainrError
 
 
@@ -38,6 +40,7 @@ def open_archive(path: str | os.PathLike) -> zipfile.ZipFile:
         zf = _open.get(key)
         if zf is None:
             try:
+                regular_file_size(key, what="zip archive")  # a FIFO would block open()
                 zf = zipfile.ZipFile(key)
             except FileNotFoundError:
                 raise ArchiveError(f"{key}: no such archive") from None
@@ -47,21 +50,46 @@ def open_archive(path: str | os.PathLike) -> zipfile.ZipFile:
         return zf
 
 
-def read_member(archive: str | os.PathLike, member: str) -> bytes:
-    """The bytes of ``member`` in ``archive``."""
-    zf = open_archive(archive)
+def member_info(archive: str | os.PathLike, member: str) -> zipfile.ZipInfo:
+    """``member``'s directory entry, refused when its declared size exceeds what an image may hold or it is
+    compressed absurdly well (a bomb: a small image followed by gigabytes of zeros).
+
+    The declared size is a hard cap: :mod:`zipfile` never inflates a member past it (and fails its CRC).
+    """
     try:
-        return zf.read(member)
+        info = open_archive(archive).getinfo(member)
     except KeyError:
         raise ArchiveError(f"{archive}: no member {member!r}") from None
+    if info.file_size > MAX_IMAGE_BYTES:
+        raise ArchiveError(f"{archive}: member {member!r} declares {info.file_size:,} bytes, more than an image may "
+                           f"hold ({MAX_IMAGE_BYTES:,})")
+    if info.file_size > RATIO_CHECK_BYTES and info.file_size > MAX_COMPRESSION_RATIO * max(info.compress_size, 1):
+        raise ArchiveError(f"{archive}: member {member!r} is compressed {info.file_size / max(info.compress_size, 1):,.0f} "
+                           f"times (an image compresses far less): refused as a zip bomb")
+    return info
+
+
+def open_member(archive: str | os.PathLike, member: str):
+    """A seekable stream of ``member`` (inflated as it is read, never whole), after :func:`member_info`'s checks."""
+    info = member_info(archive, member)
+    try:
+        return open_archive(archive).open(info)
+    except (zipfile.BadZipFile, NotImplementedError, RuntimeError) as e:
+        raise ArchiveError(f"{archive}: member {member!r} cannot be read ({e})") from None
+
+
+def read_member(archive: str | os.PathLike, member: str) -> bytes:
+    """The bytes of ``member`` in ``archive`` (at most :data:`~geotrainr.data.trust.MAX_IMAGE_BYTES`)."""
+    with open_member(archive, member) as f:
+        try:
+            return f.read()
+        except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:
+            raise ArchiveError(f"{archive}: member {member!r} cannot be read ({e})") from None
 
 
 def member_size(archive: str | os.PathLike, member: str) -> int:
-    """Uncompressed size of ``member`` (from the central directory, nothing decompressed)."""
-    try:
-        return open_archive(archive).getinfo(member).file_size
-    except KeyError:
-        raise ArchiveError(f"{archive}: no member {member!r}") from None
+    """Uncompressed size of ``member`` (from the central directory, nothing decompressed; refused when absurd)."""
+    return member_info(archive, member).file_size
 
 
 def list_members(archive: str | os.PathLike, extensions: tuple[str, ...]) -> list[str]:

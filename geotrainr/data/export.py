@@ -30,7 +30,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from geotrainr.files import replace_folder
-from geotrainr.data.index import SPLITS, IndexValidationError, index_root, open_image_source, read_index, validate_index
+from geotrainr.data.index import (
+    SPLITS,
+    IndexValidationError,
+    image_label,
+    index_root,
+    open_image_source,
+    read_index,
+    rows_outside,
+    validate_index,
+)
 
 #: index split -> Hugging Face split name (``datasets`` calls the validation split "validation")
 HF_SPLITS = {"train": "train", "val": "validation", "test": "test"}
@@ -182,11 +191,17 @@ def export_dataset(
     """Write ``index`` as a Hugging Face dataset folder at ``out`` (replaced whole, atomically).
 
     Shards hold about ``shard_mb`` MB of image bytes each. ``licence`` (a Hub id such as
-    ``cc-by-sa-4.0``) overrides the one read from the rows' ``licence`` column.
+    ``cc-by-sa-4.0``) overrides the one read from the rows' ``licence`` column. A row whose image lies
+    outside the index's image root (see :func:`~geotrainr.data.index.write_index`) is refused, naming it,
+    before anything is written; each image is read bounded (a regular file, at most MAX_IMAGE_BYTES).
     """
     index, out = Path(index), Path(out)
     df = validate_index(read_index(index))
     root = index_root(index)
+    outside = rows_outside(df, index)
+    if outside:  # refused before anything is written: an export embeds only images of the dataset
+        i, why = outside[0]
+        raise ExportError(f"{index}: row {i} ({image_label(df, i)}): {why}; {len(outside)} row(s) like it, nothing exported")
     if "split" not in df.columns:
         df["split"] = "train"
     result = ExportResult(out, {}, {}, licence or licence_id(df["licence"] if "licence" in df.columns else None))

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from geotrainr.countries import country_table
+from geotrainr.data.trust import MAX_IMAGE_BYTES, MAX_MANIFEST_BYTES, outside_reason, regular_file_size
 from geotrainr.errors import GeotrainrError
 from geotrainr.geo import km_per_degree_lat
 
@@ -60,6 +61,12 @@ PACK_MANIFEST = "_geotrainr_pack.json"
 PACK_PARTIAL = "_geotrainr_pack.partial.json"
 
 
+#: parquet key-value metadata of an index: where its images may live, relative to the index's folder
+IMAGE_ROOT_KEY = b"geotrainr.image_root"
+#: the default notion of one place: views sharing a key (GROUP_KEYS) or this close
+PLACE_RADIUS_M = 10.0
+
+
 def unfinished_pack(location) -> str:
     return f"{location}: an unfinished pack (geotrainr pack was interrupted); run the same geotrainr pack command again to finish it"
 
@@ -67,6 +74,109 @@ def unfinished_pack(location) -> str:
 def index_root(path: str | os.PathLike) -> Path:
     """Folder that ``image_path`` and ``archive`` values are relative to."""
     return Path(path).resolve().parent
+
+
+def image_root(path: str | os.PathLike) -> Path:
+    """The folder index ``path``'s images may live in: recorded by :func:`write_index` (``geotrainr.image_root``,
+    relative to the index's folder), else the index's own folder."""
+    path = Path(path)
+    first = path
+    if path.is_dir():
+        shards = sorted(p for p in path.glob("*.parquet") if not p.name.startswith((".", "_")))
+        if not shards:
+            return index_root(path)
+        first = shards[0]
+    try:
+        meta = pq.read_schema(first).metadata or {}
+    except (pa.ArrowInvalid, OSError) as e:
+        raise IndexValidationError(f"{path}: not a readable parquet index ({e})") from None
+    rel = meta.get(IMAGE_ROOT_KEY)
+    if rel is None:
+        return index_root(path)
+    rel = rel.decode("utf-8", "replace")
+    if os.path.isabs(rel):
+        raise IndexValidationError(f"{path}: the recorded image root {rel!r} is absolute; an index names it relative to its folder")
+    return Path(os.path.realpath(index_root(path) / rel))
+
+
+def image_outside(index_dir: Path, root: Path, value: str) -> str | None:
+    """Why ``value`` (an ``image_path`` or ``archive`` relative to ``index_dir``) is not inside ``root``; None when it is."""
+    if not isinstance(value, str) or os.path.isabs(value) or value.startswith(("/", "\\")):
+        return outside_reason(root, value)
+    return outside_reason(root, os.path.relpath(os.path.normpath(os.path.join(index_dir, value)), root))
+
+
+def rows_outside(df: pd.DataFrame, index: str | os.PathLike) -> list[tuple[int, str]]:
+    """``(row, reason)`` for every row of index ``index`` whose image file or archive lies outside its image root."""
+    index_dir, root = index_root(index), image_root(index)
+    cache: dict[str, str | None] = {}
+    bad = []
+    has_bytes = df["image"].notna().to_numpy() if "image" in df.columns else np.zeros(len(df), bool)
+    for col in ("archive", "image_path"):
+        if col not in df.columns:
+            continue
+        for i, value in enumerate(df[col].to_numpy(object)):
+            if has_bytes[i] or not isinstance(value, str) or not value:
+                continue
+            if value not in cache:
+                cache[value] = image_outside(index_dir, root, value)
+            if cache[value] is not None:
+                bad.append((i, f"{cache[value]}: not inside the index's image root {root}"))
+    return sorted(set(bad))
+
+
+def read_json_bounded(fs: pa.fs.FileSystem, path: str, limit: int = MAX_MANIFEST_BYTES) -> dict:
+    """A JSON object from a regular file of at most ``limit`` bytes on ``fs``."""
+    import json
+
+    info = fs.get_file_info(path)
+    if info.type != pa.fs.FileType.File:
+        raise IndexValidationError(f"{path}: not a regular file")
+    if info.size is not None and info.size > limit:
+        raise IndexValidationError(f"{path}: {info.size:,} bytes, more than a manifest may hold ({limit:,})")
+    if isinstance(fs, pa.fs.LocalFileSystem):
+        regular_file_size(path, limit, "manifest")  # the size above followed a symlink; a FIFO reports 0
+    with fs.open_input_stream(path) as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise IndexValidationError(f"{path}: more than a manifest may hold ({limit:,} bytes)")
+    try:
+        value = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise IndexValidationError(f"{path}: not a JSON manifest ({e})") from None
+    if not isinstance(value, dict):
+        raise IndexValidationError(f"{path}: not a JSON object")
+    return value
+
+
+def check_pack(fs: pa.fs.FileSystem, base: str, location) -> dict:
+    """The manifest of the finished pack at ``base``, once every shard it lists is there, whole, with the rows
+    and row groups it says (parquet footers only; a cut or missing shard is one line, before any work)."""
+    manifest = read_json_bounded(fs, f"{base}/{PACK_MANIFEST}")
+    shards = manifest.get("shards")
+    if not isinstance(shards, list) or not all(isinstance(s, dict) for s in shards):
+        raise IndexValidationError(f"{location}: {PACK_MANIFEST} lists no shards")
+    total = 0
+    for s in shards:
+        name, rows, groups = s.get("file"), s.get("rows"), s.get("row_groups")
+        if (not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*\.parquet", name)
+                or not isinstance(rows, int) or not isinstance(groups, list) or not all(isinstance(g, int) for g in groups)):
+            raise IndexValidationError(f"{location}: {PACK_MANIFEST} has a malformed shard entry {str(s)[:80]!r}")
+        try:
+            with fs.open_input_file(f"{base}/{name}") as f:
+                meta = pq.ParquetFile(f).metadata
+            found = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+        except FileNotFoundError:
+            raise IndexValidationError(f"{location}: shard {name} of the manifest is missing; pack the set again") from None
+        except (OSError, pa.ArrowInvalid) as e:
+            raise IndexValidationError(f"{location}: shard {name} is cut or unreadable ({e}); pack the set again") from None
+        if meta.num_rows != rows or found != groups:
+            raise IndexValidationError(f"{location}: shard {name} holds {meta.num_rows} rows in {len(found)} row groups, "
+                                       f"the manifest says {rows} in {len(groups)}; pack the set again")
+        total += rows
+    if manifest.get("rows") != total:
+        raise IndexValidationError(f"{location}: the manifest says {manifest.get('rows')} rows, its shards hold {total}")
+    return manifest
 
 
 def image_label(df: pd.DataFrame, i: int) -> str:
@@ -99,13 +209,18 @@ def read_index(path: str | os.PathLike, columns: Iterable[str] | None = None) ->
         if path.is_dir():
             if (path / PACK_PARTIAL).exists() and not (path / PACK_MANIFEST).exists():
                 raise IndexValidationError(unfinished_pack(path))
-            shards = sorted(p for p in path.glob("*.parquet") if not p.name.startswith((".", "_")))
+            if (path / PACK_MANIFEST).exists():
+                manifest = check_pack(pa.fs.LocalFileSystem(), str(path.resolve()), path)
+                shards = [path / s["file"] for s in manifest["shards"]]
+            else:
+                shards = sorted(p for p in path.glob("*.parquet") if not p.name.startswith((".", "_")))
             if not shards:
                 raise IndexValidationError(f"{path}: folder holds no parquet shard")
             present = set(pq.read_schema(shards[0]).names)
             cols = [c for c in columns if c in present] if columns is not None else None
             table = pa.concat_tables([pq.read_table(s, columns=cols) for s in shards], promote_options="default")
         else:
+            regular_file_size(path, what="parquet index")  # a FIFO would block
             present = set(pq.read_schema(path).names)
             cols = [c for c in columns if c in present] if columns is not None else None
             table = pq.read_table(path, columns=cols)
@@ -193,16 +308,22 @@ def check_all_images(df: pd.DataFrame, root: str | os.PathLike | None) -> None:
 
 
 def open_image_source(df: pd.DataFrame, i: int, root: Path):
-    """A binary file object for row ``i``: embedded bytes first, else the archive member, else the file."""
+    """A binary file object for row ``i``: embedded bytes first, else the archive member (streamed), else the file.
+
+    Bounded: a file must be a regular file and a member must declare a sane size, each at most
+    :data:`~geotrainr.data.trust.MAX_IMAGE_BYTES` (checked before anything is opened or inflated).
+    """
     if "image" in df.columns:
         data = df["image"].iloc[i]
         if data is not None and not (isinstance(data, float) and math.isnan(data)):
             return io.BytesIO(data)
     if "archive" in df.columns and isinstance(df["archive"].iloc[i], str):
-        from geotrainr.data.archives import read_member
+        from geotrainr.data.archives import open_member
 
-        return io.BytesIO(read_member(os.path.normpath(root / df["archive"].iloc[i]), df["member"].iloc[i]))
-    return open(os.path.normpath(root / df["image_path"].iloc[i]), "rb")  # the index folder may not exist yet
+        return open_member(os.path.normpath(root / df["archive"].iloc[i]), df["member"].iloc[i])
+    path = os.path.normpath(root / df["image_path"].iloc[i])  # the index folder may not exist yet
+    regular_file_size(path, MAX_IMAGE_BYTES, "image")
+    return open(path, "rb")
 
 
 def image_size_bytes(df: pd.DataFrame, i: int, root: Path) -> int:
@@ -215,28 +336,28 @@ def image_size_bytes(df: pd.DataFrame, i: int, root: Path) -> int:
         from geotrainr.data.archives import member_size
 
         return member_size(os.path.normpath(root / df["archive"].iloc[i]), df["member"].iloc[i])
-    return os.stat(os.path.normpath(root / df["image_path"].iloc[i])).st_size
+    return regular_file_size(os.path.normpath(root / df["image_path"].iloc[i]), MAX_IMAGE_BYTES, "image")
 
 
 _END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82"}
 
 
-def _tail_complete(fmt: str | None, f) -> bool:
-    """Whether a JPEG/PNG file ends with its end marker (a cut download does not); other formats pass."""
+def _tail_complete(fmt: str | None, f, size: int) -> bool:
+    """Whether a JPEG/PNG file of ``size`` bytes ends with its end marker (a cut download does not); other formats
+    pass. Reads the last 4 KiB (a zip member is inflated up to there as a stream, in small chunks)."""
     marker = _END_MARKERS.get(fmt or "")
     if marker is None:
         return True
-    f.seek(0, os.SEEK_END)
-    size = f.tell()
     f.seek(max(0, size - 4096))
-    return marker in f.read()
+    return marker in f.read(4096)
 
 
 def check_image_headers(df: pd.DataFrame, root: str | os.PathLike | None) -> list[tuple[int, str]]:
     """Cheap check of every image: size > 0 and a header Pillow can parse (no pixel decoding).
 
-    Returns ``(row, reason)`` for every row that fails: missing files, empty files,
-    truncated or foreign headers. About 0.1 ms per image from a warm disk.
+    Returns ``(row, reason)`` for every row that fails: missing files, empty files, files that are not
+    regular or over :data:`~geotrainr.data.trust.MAX_IMAGE_BYTES`, zip bombs, truncated or foreign headers.
+    A zip member is streamed, never inflated whole into memory. About 0.1 ms per image from a warm disk.
     """
     from PIL import Image
     from tqdm.auto import tqdm
@@ -248,14 +369,15 @@ def check_image_headers(df: pd.DataFrame, root: str | os.PathLike | None) -> lis
     bad: list[tuple[int, str]] = []
     for i in tqdm(range(len(df)), desc="checking image headers", unit="img", leave=False, mininterval=1.0):
         try:
-            if image_size_bytes(df, i, root) == 0:
+            size = image_size_bytes(df, i, root)
+            if size == 0:
                 bad.append((i, "empty file (0 bytes)"))
                 continue
             with open_image_source(df, i, root) as f, Image.open(f) as im:
                 if im.width <= 0 or im.height <= 0:
                     bad.append((i, "image has no pixels"))
                     continue
-                if not _tail_complete(im.format, f):
+                if not _tail_complete(im.format, f, size):
                     im.load()  # the end marker is missing: decode to tell a cut file from trailing data
         except FileNotFoundError:
             bad.append((i, "no such file"))
@@ -284,24 +406,34 @@ def write_parquet_atomic(table: pa.Table, path: str | os.PathLike, durable: bool
     return Path(path)
 
 
-def write_index(df: pd.DataFrame, path: str | os.PathLike, shard_rows: int | None = None) -> Path:
+def write_index(df: pd.DataFrame, path: str | os.PathLike, shard_rows: int | None = None,
+                image_root: str | os.PathLike | None = None) -> Path:
     """Write an index atomically: one file, or a folder of shards of ``shard_rows`` rows.
 
-    A shard folder is assembled beside the target and renamed into place, so an
-    existing index is replaced only once the new one is complete.
+    ``image_root`` is the folder the rows' images may live in (the dataset they came from; default:
+    the index's own folder). It is recorded relative to the index's folder (``geotrainr.image_root``)
+    and ``pack``/``export-dataset`` read no image outside it. A shard folder is assembled beside the
+    target and renamed into place, so an existing index is replaced only once the new one is complete.
     """
     import shutil
 
     from geotrainr.files import replace_folder
 
     path = Path(path)
+    folder = index_root(path)
+    rel = os.path.relpath(os.path.realpath(image_root), os.path.realpath(folder)) if image_root is not None else "."
+
+    def table(part: pd.DataFrame) -> pa.Table:
+        t = _to_table(part)
+        return t.replace_schema_metadata({**(t.schema.metadata or {}), IMAGE_ROOT_KEY: rel.encode("utf-8")})
+
     if not shard_rows or len(df) <= shard_rows:
-        return write_parquet_atomic(_to_table(df), path)
+        return write_parquet_atomic(table(df), path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         for n, start in enumerate(range(0, len(df), shard_rows)):
-            pq.write_table(_to_table(df.iloc[start : start + shard_rows]), tmp_dir / f"part-{n:05d}.parquet", compression="zstd")
+            pq.write_table(table(df.iloc[start : start + shard_rows]), tmp_dir / f"part-{n:05d}.parquet", compression="zstd")
         return replace_folder(tmp_dir, path)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
@@ -389,6 +521,17 @@ def _fractions_by_unit(units: np.ndarray, rng: np.random.Generator) -> np.ndarra
     return unit_frac[inverse]
 
 
+def check_split_settings(val: float, test: float, block_km: float = 50.0, radius_m: float = PLACE_RADIUS_M) -> None:
+    """Refuse split settings that cannot work (checked before any data is read)."""
+    if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
+        raise IndexValidationError(f"split fractions must satisfy 0 <= val, test and val + test < 1 (got {val}, {test})")
+    if not block_km > 0:
+        raise IndexValidationError(f"--block-km must be positive, got {block_km}")
+    if not radius_m > 0:
+        raise IndexValidationError(f"--radius-m must be positive, got {radius_m} (views this close are one place; "
+                                   f"the default is {PLACE_RADIUS_M:g} m)")
+
+
 def assign_splits(
     df: pd.DataFrame,
     method: str = "group",
@@ -406,8 +549,7 @@ def assign_splits(
     so that near-duplicates never straddle train and val. With ``keep_test`` the rows the source marks
     ``test`` (a published test set) stay there and the others are split.
     """
-    if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
-        raise IndexValidationError(f"split fractions must satisfy 0 <= val, test and val + test < 1 (got {val}, {test})")
+    check_split_settings(val, test, block_km, radius_m)
     rng = np.random.default_rng(seed)
     fixed = (df["split"] == "test").to_numpy() if keep_test and "split" in df.columns else np.zeros(len(df), bool)
     rest = df[~fixed]
@@ -444,18 +586,14 @@ def parse_seed_name(name: str) -> tuple[str, float, float]:
 
 
 def index_from_folder(folder: str | os.PathLike, index_dir: str | os.PathLike) -> pd.DataFrame:
-    """Rows for every image under ``folder`` named ``CC_lat,lon.ext``; paths relative to ``index_dir``."""
-    folder, index_dir = Path(folder).resolve(), Path(index_dir).resolve()
-    if not folder.is_dir():
-        raise IndexValidationError(f"{folder}: not a folder")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-    rows = []
-    for p in files:
-        cc, lat, lon = parse_seed_name(p.name)
-        rows.append({"image_path": os.path.relpath(p, index_dir), "lat": lat, "lon": lon, "country": cc})
-    if not rows:
-        raise IndexValidationError(f"{folder}: no image files found")
-    return pd.DataFrame(rows)
+    """Rows for every image under ``folder`` named ``CC_lat,lon.ext``; paths relative to ``index_dir``.
+
+    Raises on the first image that is not inside ``folder`` (a symlink out); ``geotrainr index`` skips and lists them
+    (:func:`geotrainr.data.sources.common.read_folder`).
+    """
+    from geotrainr.data.sources.common import read_folder
+
+    return _refuse_skipped(read_folder(folder, index_dir))
 
 
 def index_from_csv(
@@ -464,53 +602,18 @@ def index_from_csv(
     columns: dict[str, str] | None = None,
     images: str | os.PathLike | None = None,
 ) -> pd.DataFrame:
-    """Rows from a CSV with path, lat, lon[, country][, extra columns kept].
+    """Rows from a CSV with path, lat, lon[, country][, extra columns kept] (see
+    :func:`geotrainr.data.sources.common.read_csv_source`); raises on the first path outside the image folder."""
+    from geotrainr.data.sources.common import read_csv_source
 
-    ``columns`` maps our names to the CSV's (``{"image_path": "file", "lat": "latitude"}``, see
-    :func:`geotrainr.data.sources.parse_columns`). Paths are read relative to ``images`` (default:
-    the CSV's folder) and rewritten relative to ``index_dir``. A missing or empty country is filled
-    by offline reverse geocoding (nearest GeoNames place).
-    """
-    from geotrainr.data.sources.common import apply_columns
+    return _refuse_skipped(read_csv_source(csv_path, index_dir, columns=columns, images=images))
 
-    csv_path, index_dir = Path(csv_path).resolve(), Path(index_dir).resolve()
-    text_columns = {"country", "path", "image_path"} | {v for k, v in (columns or {}).items() if k in ("image_path", "country")}
-    try:
-        df = pd.read_csv(csv_path, dtype={c: "string" for c in text_columns}, keep_default_na=False, na_values=[""])
-    except FileNotFoundError:
-        raise IndexValidationError(f"{csv_path}: no such CSV file") from None
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
-        raise IndexValidationError(f"{csv_path}: not a readable CSV ({e})") from None
-    df = apply_columns(df, columns, str(csv_path))
-    if "image_path" not in df.columns and "path" in df.columns:
-        df = df.rename(columns={"path": "image_path"})
-    for col in ("image_path", "lat", "lon"):
-        if col not in df.columns:
-            raise IndexValidationError(f"{csv_path}: missing column {col!r} (need path,lat,lon[,country])")
-    if len(df) == 0:
-        raise IndexValidationError(f"{csv_path}: no rows")
-    for i, p in enumerate(df["image_path"]):
-        if not isinstance(p, str) or not p.strip():
-            raise IndexValidationError(f"{csv_path} row {i}: empty path")
-    base = Path(images).resolve() if images is not None else csv_path.parent
-    df["image_path"] = [os.path.relpath((base / p).resolve(), index_dir) for p in df["image_path"]]
-    for col in ("lat", "lon"):
-        values = pd.to_numeric(df[col], errors="coerce")
-        bad = np.flatnonzero(values.isna().to_numpy())
-        if len(bad):
-            raise IndexValidationError(f"{csv_path} row {bad[0]} ({df['image_path'].iloc[bad[0]]}): {col} {_show(df[col].iloc[bad[0]])} is not a number")
-        df[col] = values.astype(float)
-    if "country" not in df.columns:
-        df["country"] = pd.NA
-    missing = df["country"].isna().to_numpy()
-    if missing.any():
-        from geotrainr.places import reverse_country
 
-        ok = missing & df["lat"].between(-90, 90).to_numpy() & df["lon"].between(-180, 180).to_numpy()
-        if ok.any():
-            df.loc[ok, "country"] = reverse_country(df.loc[ok, "lat"].to_numpy(), df.loc[ok, "lon"].to_numpy())
-    df["country"] = df["country"].astype(object)
-    return df
+def _refuse_skipped(rows) -> pd.DataFrame:
+    if rows.skipped:
+        item, reason = rows.skipped[0]
+        raise IndexValidationError(f"{item}: {reason}")
+    return rows.frame
 
 
 def summarize(df: pd.DataFrame, min_rows: int = 10) -> str:

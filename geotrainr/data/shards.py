@@ -115,8 +115,13 @@ def is_packed(location: str | os.PathLike) -> bool:
 
 
 def read_json(fs: pa.fs.FileSystem, path: str) -> dict:
-    with fs.open_input_stream(path) as f:
-        return json.loads(f.read().decode("utf-8"))
+    """A pack's JSON sidecar, bounded (a regular file of at most MAX_MANIFEST_BYTES)."""
+    from geotrainr.data.index import read_json_bounded
+
+    try:
+        return read_json_bounded(fs, path)
+    except IndexValidationError as e:
+        raise PackError(str(e)) from None
 
 
 # --- the set ------------------------------------------------------------------------------------
@@ -133,13 +138,19 @@ class PackedSet:
         if buffer < 1:
             raise PackError(f"stream_buffer {buffer}: at least one row group must fit in memory")
         self.buffer = buffer
+        from geotrainr.data.index import check_pack
+
         fs, self._base = filesystem(self.location)
         try:
             self.manifest = read_json(fs, f"{self._base}/{MANIFEST}")
-        except (OSError, ValueError) as e:
+        except OSError as e:
             raise PackError(f"{self.location}: no readable {MANIFEST} ({e})") from None
         if self.manifest.get("format") != FORMAT or self.manifest.get("version") != VERSION:
             raise PackError(f"{self.location}: {MANIFEST} is not a geotrainr pack of version {VERSION}")
+        try:  # every shard whole and as the manifest says (footers only), before anything is written
+            check_pack(fs, self._base, self.location)
+        except IndexValidationError as e:
+            raise PackError(str(e)) from None
         self.shards = [s["file"] for s in self.manifest["shards"]]
         groups = [n for s in self.manifest["shards"] for n in s["row_groups"]]
         #: first global row of every row group, and the (shard, group in shard) it is
@@ -466,6 +477,8 @@ class PackResult:
     nbytes: int
     unreadable: int
     splits: dict
+    #: where the first few unreadable images or non-images came from (stored empty)
+    unreadable_examples: list = None
 
 
 #: provenance columns a pack keeps (the image columns are replaced by ``image`` and ``origin``)
@@ -509,28 +522,66 @@ def reencode(data: bytes, max_side: int | None, quality: int) -> bytes:
     return buf.getvalue()
 
 
-def _write_shard(job: tuple) -> tuple[int, int, list[int], int, int]:
-    """Write shard ``k`` of the plan; returns (k, rows, row groups, bytes, unreadable)."""
+def is_image(data: bytes) -> bool:
+    """Whether ``data`` starts with an image header Pillow can parse (no pixels decoded)."""
+    from PIL import Image
+
+    from geotrainr.preprocess import register_image_openers
+
+    register_image_openers()
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.width > 0 and im.height > 0
+    except Exception:  # noqa: BLE001 - any parser error means no image
+        return False
+
+
+#: largest arrow chunk of image bytes (a plain binary array holds at most 2 GiB)
+_CHUNK_BYTES = 2**30
+
+
+def _binary_column(images: list[bytes]) -> pa.ChunkedArray:
+    """The images as binary chunks of at most _CHUNK_BYTES each: many large images never overflow one array."""
+    chunks, start, size = [], 0, 0
+    for i, b in enumerate(images):
+        if size + len(b) > _CHUNK_BYTES and i > start:
+            chunks.append(pa.array(images[start:i], pa.binary()))
+            start, size = i, 0
+        size += len(b)
+    chunks.append(pa.array(images[start:], pa.binary()))
+    return pa.chunked_array(chunks, pa.binary())
+
+
+def _write_shard(job: tuple) -> tuple[int, int, list[int], int, int, list[str]]:
+    """Write shard ``k`` of the plan; returns (k, rows, row groups, bytes, unreadable, first unreadable origins).
+
+    An image that cannot be read (missing, not a regular file, over MAX_IMAGE_BYTES, a zip bomb) or whose
+    header is not an image's is stored empty: its bytes never reach the pack; training skips and counts it.
+    """
     k, rows, ctx = job
     df, root, out, max_side, quality, per_group = ctx["df"], ctx["root"], ctx["out"], ctx["max_side"], ctx["quality"], ctx["per_group"]
     from geotrainr.data.index import open_image_source
 
     part = df.iloc[rows]
-    images, unreadable = [], 0
+    images, unreadable, examples = [], 0, []
     for i in rows:
         try:
             with open_image_source(df, int(i), root) as f:
                 data = f.read()
         except Exception:  # noqa: BLE001 - a missing image stays missing; training counts it (max_unreadable)
+            data = b""
+        if not is_image(data):
             images.append(b"")
             unreadable += 1
+            if len(examples) < 3:
+                examples.append(str(ctx["origin"][i]) or f"row {i}")
             continue
         try:
             data = reencode(data, max_side, quality)
         except Exception:  # noqa: BLE001 - an undecodable image is kept as it is; training skips and counts it
             unreadable += 1
         images.append(data)
-    cols = {"image": pa.array(images, pa.binary()),
+    cols = {"image": _binary_column(images),
             "lat": pa.array(part["lat"].to_numpy(np.float64)), "lon": pa.array(part["lon"].to_numpy(np.float64)),
             "country": pa.array(part["country"].astype(str).to_numpy(object), pa.string()),
             "split": pa.array(part["split"].astype(str).to_numpy(object), pa.string()),
@@ -544,7 +595,7 @@ def _write_shard(job: tuple) -> tuple[int, int, list[int], int, int]:
     _put_table(table, out, name, per_group, compression)
     groups = [min(per_group, len(rows) - s) for s in range(0, len(rows), per_group)]
     nbytes = int(sum(len(b) for b in images))
-    return k, len(rows), groups, nbytes, unreadable
+    return k, len(rows), groups, nbytes, unreadable, examples
 
 
 def shard_name(k: int) -> str:
@@ -607,7 +658,7 @@ def pack(
     unfinished pack for a finished one. ``max_side`` re-encodes larger images as JPEGs of ``quality``.
     """
     from geotrainr.data.datamodule import resolve_index
-    from geotrainr.data.index import assign_splits, index_root, read_index, validate_index
+    from geotrainr.data.index import assign_splits, index_root, read_index, rows_outside, validate_index
 
     if max_side is not None and max_side < 16:
         raise PackError(f"--max-side {max_side}: too small (at least 16 pixels)")
@@ -627,6 +678,8 @@ def pack(
     settings = {"source": os.path.abspath(src), "source_size": stat.st_size, "source_mtime_ns": stat.st_mtime_ns,
                 "max_side": max_side, "quality": quality, "rows_per_group": rows_per_group,
                 "groups_per_shard": groups_per_shard, "seed": seed}
+    if info[0].type == pa.fs.FileType.File:
+        raise PackError(f"{out}: is a file; --out names a new folder")
     if info[1].type == pa.fs.FileType.File:
         raise PackError(f"{out}: already holds a finished pack; remove it (or choose another --out) to pack again")
     if info[2].type == pa.fs.FileType.File:
@@ -636,6 +689,11 @@ def pack(
     elif info[0].type == pa.fs.FileType.Directory and fs.get_file_info(pa.fs.FileSelector(base)):
         raise PackError(f"{out}: the folder is not empty; pack into a new folder")
     df = validate_index(read_index(src))
+    outside = rows_outside(df, src)
+    if outside:  # refused before anything is written: a pack holds only images of the dataset
+        i, why = outside[0]
+        raise PackError(f"{src}: row {i} ({_origin(df.iloc[[i]])[0]}): {why}; "
+                        f"{len(outside)} row(s) like it, nothing packed")
     assigned = "split" not in df.columns
     if assigned:
         df = assign_splits(df, "group", val=0.2, seed=seed)
@@ -658,6 +716,7 @@ def pack(
     if progress is not None:
         progress(count, total)
     nbytes = unreadable = 0
+    examples: list[str] = []
     if workers > 1 and len(todo) > 1:
         import multiprocessing as mp
 
@@ -665,15 +724,17 @@ def pack(
         _CTX = ctx
         with mp.get_context("fork").Pool(workers) as pool:
             results = pool.imap_unordered(_write_shard_forked, [(k, rows) for k, rows, _ in todo])
-            for k, n, groups, b, bad in results:
+            for k, n, groups, b, bad, ex in results:
                 done[k], nbytes, unreadable, count = (n, groups, b), nbytes + b, unreadable + bad, count + n
+                examples += ex
                 if progress is not None:
                     progress(count, total)
         _CTX = None
     else:
         for job in todo:
-            k, n, groups, b, bad = _write_shard(job)
+            k, n, groups, b, bad, ex = _write_shard(job)
             done[k], nbytes, unreadable, count = (n, groups, b), nbytes + b, unreadable + bad, count + n
+            examples += ex
             if progress is not None:
                 progress(count, total)
     splits = {s: int((df["split"] == s).sum()) for s in SPLITS}
@@ -691,7 +752,7 @@ def pack(
     }
     _put_text(out, MANIFEST, json.dumps(manifest, indent=1))
     fs.delete_file(f"{base}/{PARTIAL}")
-    return PackResult(out, int(len(df)), len(jobs_rows), len(todo), reused, nbytes, unreadable, splits)
+    return PackResult(out, int(len(df)), len(jobs_rows), len(todo), reused, nbytes, unreadable, splits, examples[:3])
 
 
 _CTX: dict | None = None

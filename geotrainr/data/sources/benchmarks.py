@@ -19,6 +19,7 @@ from geotrainr.data.sources.common import (
     ImageFinder,
     SourceRows,
     apply_columns,
+    is_excluded,
     fill_countries,
     numeric_coordinates,
     pick_column,
@@ -31,12 +32,12 @@ LAT_COLUMNS = ("LAT", "latitude")
 LON_COLUMNS = ("LON", "longitude", "lng")
 
 
-def _find_csv(src: Path, name: str) -> Path:
+def _find_csv(src: Path, name: str, exclude=()) -> Path:
     if src.is_file():
         return src
     if not src.is_dir():
         raise IndexValidationError(f"{src}: no such CSV file or folder")
-    csvs = sorted(src.glob("*.csv"))
+    csvs = sorted(c for c in src.glob("*.csv") if not is_excluded(c, src, exclude))
     named = [c for c in csvs if name in c.name.lower()]
     if len(named) == 1 or len(csvs) == 1:
         return (named or csvs)[0]
@@ -56,13 +57,15 @@ def _image_folder(csv: Path, images: str | os.PathLike | None) -> Path:
 
 
 def read_benchmark(name: str, src: str | os.PathLike, index_dir: str | os.PathLike,
-                   columns: dict[str, str] | None = None, images: str | os.PathLike | None = None) -> SourceRows:
+                   columns: dict[str, str] | None = None, images: str | os.PathLike | None = None,
+                   exclude=()) -> SourceRows:
     """Rows of a benchmark CSV (image id, lat, lon) whose image is found in ``images``; every row ``test``.
 
     ``images`` defaults to ``images/`` beside the CSV, else a folder named like the CSV, else the
-    CSV's folder. An id without an image is skipped and listed.
+    CSV's folder: the dataset's root. An id without an image, or whose image is not inside the root
+    (an absolute path, ``..`` leaving it, a symlink out), is skipped and listed.
     """
-    csv, index_dir = _find_csv(Path(src).resolve(), name), Path(index_dir).resolve()
+    csv, index_dir = _find_csv(Path(src).resolve(), name, exclude), Path(index_dir).resolve()
     df = apply_columns(read_table_csv(csv, ID_COLUMNS), columns, str(csv))
     df = pick_column(df, "image_path", ID_COLUMNS, str(csv))
     df = pick_column(df, "lat", LAT_COLUMNS, str(csv))
@@ -73,9 +76,10 @@ def read_benchmark(name: str, src: str | os.PathLike, index_dir: str | os.PathLi
         df = df.rename(columns={"AUTHOR": "creator"})
     finder = ImageFinder(_image_folder(csv, images))
     ids = df["image_path"].astype(str).str.strip().to_numpy()
-    paths = np.array([finder.find(i) for i in ids], dtype=object)
+    located = [finder.locate(i) for i in ids]
+    paths = np.array([p for p, _ in located], dtype=object)
     found = np.array([p is not None for p in paths], dtype=bool)
-    skipped = [(f"{csv.name} {i}", f"no image found (looked in {finder.folder})") for i in ids[~found]]
+    skipped = [(f"{csv.name} {i}", why) for i, (_, why) in zip(ids, located) if why is not None]
     df = df[found].reset_index(drop=True)
     df["id"] = ids[found]
     df["image_path"] = [relative(p, index_dir) for p in paths[found]]
@@ -87,14 +91,14 @@ def read_benchmark(name: str, src: str | os.PathLike, index_dir: str | os.PathLi
         raise IndexValidationError(f"{csv}: no row has an image under {finder.folder}")
     df["split"] = "test"
     df["source"] = name
-    return SourceRows(df, skipped)
+    return SourceRows(df, skipped, finder.folder)
 
 
-def read_im2gps3k(src, index_dir, columns=None, images=None) -> SourceRows:
+def read_im2gps3k(src, index_dir, columns=None, images=None, exclude=()) -> SourceRows:
     """Im2GPS3k (2,997 Flickr photos): ``im2gps3k_places365.csv`` and its image folder."""
-    return read_benchmark("im2gps3k", src, index_dir, columns, images)
+    return read_benchmark("im2gps3k", src, index_dir, columns, images, exclude)
 
 
-def read_yfcc4k(src, index_dir, columns=None, images=None) -> SourceRows:
+def read_yfcc4k(src, index_dir, columns=None, images=None, exclude=()) -> SourceRows:
     """YFCC4k (4,536 Flickr photos): ``yfcc4k_places365.csv`` (or similar) and its image folder."""
-    return read_benchmark("yfcc4k", src, index_dir, columns, images)
+    return read_benchmark("yfcc4k", src, index_dir, columns, images, exclude)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from geotrainr.data.index import IMAGE_EXTENSIONS, IndexValidationError
+from geotrainr.data.trust import UntrustedInputError, outside_reason, regular_file_size, within
 
 #: The names a column mapping may give (ours) -> what they become in the index.
 MAPPABLE = {
@@ -25,6 +27,29 @@ class SourceRows:
 
     frame: pd.DataFrame
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    #: the dataset's folder: every image of ``frame`` lies inside it (recorded in the index, see ``write_index``)
+    root: Path | None = None
+
+
+def is_excluded(path: Path, root: Path, exclude: Collection[Path]) -> bool:
+    """Whether ``path`` (under ``root``) is, or lies under, one of ``exclude``: the output of the run reading it,
+    its listing, its shard folder. Hidden names under ``root`` (temporary files and folders of atomic writes)
+    are always left out."""
+    path = Path(os.path.abspath(path))
+    if any(part.startswith(".") for part in Path(os.path.relpath(path, os.path.abspath(root))).parts):
+        return True
+    return any(path == e or e in path.parents for e in (Path(os.path.abspath(x)) for x in exclude))
+
+
+def check_csv_file(path: Path) -> Path:
+    """``path`` once it is a regular file (a FIFO would block the CSV reader)."""
+    try:
+        regular_file_size(path, what="CSV file")
+    except FileNotFoundError:
+        raise IndexValidationError(f"{path}: no such CSV file") from None
+    except UntrustedInputError as e:
+        raise IndexValidationError(str(e)) from None
+    return path
 
 
 def parse_columns(spec: str | None) -> dict[str, str]:
@@ -41,6 +66,10 @@ def parse_columns(spec: str | None) -> dict[str, str]:
             raise IndexValidationError(f"--columns item {item.strip()!r} is not NAME=COLUMN (e.g. lat=latitude)")
         if ours not in MAPPABLE:
             raise IndexValidationError(f"--columns: unknown name {ours!r}; use {', '.join(sorted(MAPPABLE))}")
+        if MAPPABLE[ours] in out and out[MAPPABLE[ours]] != theirs:
+            raise IndexValidationError(f"--columns names {ours!r} twice")
+        if theirs in out.values() and out.get(MAPPABLE[ours]) != theirs:
+            raise IndexValidationError(f"--columns: column {theirs!r} is given for two names; give each its own column")
         out[MAPPABLE[ours]] = theirs
     return out
 
@@ -54,7 +83,11 @@ def apply_columns(df: pd.DataFrame, columns: dict[str, str] | None, where: str) 
         raise IndexValidationError(f"{where}: no column {missing[0]!r} (columns: {', '.join(map(str, df.columns))})")
     rename = {theirs: ours for ours, theirs in columns.items() if theirs != ours}
     clash = [ours for ours in rename.values() if ours in df.columns and ours not in rename]
-    return df.drop(columns=clash).rename(columns=rename)
+    df = df.drop(columns=clash).rename(columns=rename)
+    dup = df.columns[df.columns.duplicated()]
+    if len(dup):
+        raise IndexValidationError(f"{where}: two columns would be named {dup[0]!r} (check --columns)")
+    return df
 
 
 def pick_column(df: pd.DataFrame, ours: str, candidates: tuple[str, ...], where: str) -> pd.DataFrame:
@@ -72,6 +105,7 @@ def pick_column(df: pd.DataFrame, ours: str, candidates: tuple[str, ...], where:
 
 def read_table_csv(path: Path, string_columns: tuple[str, ...] = ()) -> pd.DataFrame:
     """A CSV with ids kept as text (no float rounding of 15-digit ids) and "NA" kept as Namibia."""
+    check_csv_file(path)
     try:
         return pd.read_csv(path, dtype={c: str for c in string_columns}, keep_default_na=False, na_values=[""], low_memory=False)
     except FileNotFoundError:
@@ -119,14 +153,32 @@ def fill_countries(df: pd.DataFrame, label: pd.Series) -> tuple[pd.DataFrame, li
 
 class ImageFinder:
     """Finds an image file by name or id under a folder: the path as given, the id plus an extension,
-    or (for trees of sub-folders) the file whose stem is the id, from one walk of the folder."""
+    or (for trees of sub-folders) the file whose stem is the id, from one walk of the folder.
 
-    def __init__(self, folder: Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS):
+    Only files inside ``root`` (default: the folder) are found: :meth:`locate` says why a name is refused.
+    """
+
+    def __init__(self, folder: Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS, root: Path | None = None):
         self.folder = folder
+        self.root = root if root is not None else folder
         self.extensions = extensions
         self._by_stem: dict[str, Path] | None = None
 
+    def locate(self, name: str) -> tuple[Path | None, str | None]:
+        """(the image of ``name``, None), or (None, why not): outside the dataset, or not found."""
+        why = outside_reason(self.folder, name)
+        if why is not None and why != "symlink leading outside the dataset":
+            return None, why
+        p = self.find(name)
+        if p is None:
+            return None, f"no image found (looked in {self.folder})"
+        if not within(p, self.root):
+            return None, "symlink leading outside the dataset"
+        return p, None
+
     def find(self, name: str) -> Path | None:
+        if outside_reason(self.folder, name) not in (None, "symlink leading outside the dataset"):
+            return None
         p = self.folder / name
         if p.is_file():
             return p
@@ -149,9 +201,89 @@ def relative(path: Path, index_dir: Path) -> str:
     return os.path.relpath(Path(path).resolve(), index_dir)
 
 
-def read_csv_source(src: str | os.PathLike, index_dir: str | os.PathLike, columns: dict[str, str] | None = None,
-                    images: str | os.PathLike | None = None) -> SourceRows:
-    """A CSV of path, lat, lon[, country][, anything else] (column names mapped with ``columns``)."""
-    from geotrainr.data.index import index_from_csv
+def read_folder(folder: str | os.PathLike, index_dir: str | os.PathLike, exclude: Collection[Path] = ()) -> SourceRows:
+    """Rows for every image under ``folder`` named ``CC_lat,lon.ext`` (e.g. ``DE_52.52,13.40.png``).
 
-    return SourceRows(index_from_csv(src, index_dir, columns=columns, images=images))
+    An image whose realpath leaves ``folder`` (a symlink out) is skipped and listed; a name that does
+    not follow the pattern is an error (the folder is not such a set).
+    """
+    from geotrainr.data.index import parse_seed_name
+
+    folder, index_dir = Path(folder).resolve(), Path(index_dir).resolve()
+    if not folder.is_dir():
+        raise IndexValidationError(f"{folder}: not a folder")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and not is_excluded(p, folder, exclude)
+                   and p.is_file())
+    rows, skipped = [], []
+    for p in files:
+        name = os.path.relpath(p, folder)
+        if not within(p, folder):
+            skipped.append((name, "symlink leading outside the dataset"))
+            continue
+        cc, lat, lon = parse_seed_name(p.name)
+        rows.append({"image_path": relative(p, index_dir), "lat": lat, "lon": lon, "country": cc})
+    if not rows:
+        raise IndexValidationError(f"{folder}: no image files found" + (f" inside it ({len(skipped)} lead outside)" if skipped else ""))
+    return SourceRows(pd.DataFrame(rows), skipped, folder)
+
+
+def read_csv_source(src: str | os.PathLike, index_dir: str | os.PathLike, columns: dict[str, str] | None = None,
+                    images: str | os.PathLike | None = None, exclude: Collection[Path] = ()) -> SourceRows:
+    """A CSV of path, lat, lon[, country][, anything else] (column names mapped with ``columns``).
+
+    Paths are read relative to ``images`` (default: the CSV's folder), the dataset's root, and rewritten
+    relative to ``index_dir``; a path outside the root (absolute, ``..`` leaving it, a symlink out) is
+    skipped and listed. A missing or empty country is filled by offline reverse geocoding.
+    """
+    from geotrainr.data.index import _show
+
+    csv_path, index_dir = Path(src).resolve(), Path(index_dir).resolve()
+    text_columns = {"country", "path", "image_path"} | {v for k, v in (columns or {}).items() if k in ("image_path", "country")}
+    check_csv_file(csv_path)
+    try:
+        df = pd.read_csv(csv_path, dtype={c: "string" for c in text_columns}, keep_default_na=False, na_values=[""])
+    except FileNotFoundError:
+        raise IndexValidationError(f"{csv_path}: no such CSV file") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
+        raise IndexValidationError(f"{csv_path}: not a readable CSV ({e})") from None
+    df = apply_columns(df, columns, str(csv_path))
+    if "image_path" not in df.columns and "path" in df.columns:
+        df = df.rename(columns={"path": "image_path"})
+    for col in ("image_path", "lat", "lon"):
+        if col not in df.columns:
+            raise IndexValidationError(f"{csv_path}: missing column {col!r} (need path,lat,lon[,country])")
+    if len(df) == 0:
+        raise IndexValidationError(f"{csv_path}: no rows")
+    for i, p in enumerate(df["image_path"]):
+        if not isinstance(p, str) or not p.strip():
+            raise IndexValidationError(f"{csv_path} row {i}: empty path")
+    if images is not None:
+        base = Path(images).resolve()
+        if not base.is_dir():
+            raise IndexValidationError(f"{base}: no such image folder")
+    else:
+        base = csv_path.parent
+    why = [outside_reason(base, p) for p in df["image_path"]]
+    inside = np.array([w is None for w in why], bool)
+    skipped = [(f"{csv_path.name} row {i} ({df['image_path'].iloc[i]})", why[i]) for i in np.flatnonzero(~inside)]
+    df = df[inside].reset_index(drop=True)
+    if len(df) == 0:
+        raise IndexValidationError(f"{csv_path}: no path lies inside {base} ({skipped[0][0]}: {skipped[0][1]})")
+    df["image_path"] = [os.path.relpath((base / p).resolve(), index_dir) for p in df["image_path"]]
+    for col in ("lat", "lon"):
+        values = pd.to_numeric(df[col], errors="coerce")
+        bad = np.flatnonzero(values.isna().to_numpy())
+        if len(bad):
+            raise IndexValidationError(f"{csv_path} row {bad[0]} ({df['image_path'].iloc[bad[0]]}): {col} {_show(df[col].iloc[bad[0]])} is not a number")
+        df[col] = values.astype(float)
+    if "country" not in df.columns:
+        df["country"] = pd.NA
+    missing = df["country"].isna().to_numpy()
+    if missing.any():
+        from geotrainr.places import reverse_country
+
+        ok = missing & df["lat"].between(-90, 90).to_numpy() & df["lon"].between(-180, 180).to_numpy()
+        if ok.any():
+            df.loc[ok, "country"] = reverse_country(df.loc[ok, "lat"].to_numpy(), df.loc[ok, "lon"].to_numpy())
+    df["country"] = df["country"].astype(object)
+    return SourceRows(df, skipped, base)

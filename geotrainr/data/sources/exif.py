@@ -14,7 +14,8 @@ import pandas as pd
 
 from geotrainr.data.index import IMAGE_EXTENSIONS, IndexValidationError
 from geotrainr.preprocess import register_image_openers
-from geotrainr.data.sources.common import SourceRows, fill_countries, relative
+from geotrainr.data.sources.common import SourceRows, fill_countries, is_excluded, relative
+from geotrainr.data.trust import MAX_IMAGE_BYTES, UntrustedInputError, regular_file_size, within
 
 PHOTO_EXTENSIONS = (*IMAGE_EXTENSIONS, ".heic", ".heif")
 GPS_IFD = 0x8825
@@ -58,20 +59,30 @@ def read_gps(path: str | os.PathLike) -> tuple[float, float, str | None] | None:
 
 
 def read_exif(src: str | os.PathLike, index_dir: str | os.PathLike, columns: dict[str, str] | None = None,
-              images: str | os.PathLike | None = None) -> SourceRows:
-    """One row per photo under ``src`` whose EXIF holds GPS; the others are listed as skipped."""
+              images: str | os.PathLike | None = None, exclude=()) -> SourceRows:
+    """One row per photo under ``src`` whose EXIF holds GPS; the others are listed as skipped, and so are photos
+    that are not regular files of at most MAX_IMAGE_BYTES or whose realpath leaves ``src`` (a symlink out)."""
     from tqdm.auto import tqdm
 
     register_image_openers()
     folder, index_dir = Path(src).resolve(), Path(index_dir).resolve()
     if not folder.is_dir():
         raise IndexValidationError(f"{folder}: not a folder")
-    files = sorted(Path(r) / f for r, _, fs in os.walk(folder) for f in fs if Path(f).suffix.lower() in PHOTO_EXTENSIONS)
+    files = sorted(Path(r) / f for r, _, fs in os.walk(folder) for f in fs
+                   if Path(f).suffix.lower() in PHOTO_EXTENSIONS and not is_excluded(Path(r) / f, folder, exclude))
     if not files:
         raise IndexValidationError(f"{folder}: no photos found ({', '.join(PHOTO_EXTENSIONS)})")
     rows, skipped = [], []
     for p in tqdm(files, desc="reading EXIF", unit="photo", leave=False, mininterval=1.0):
         name = os.path.relpath(p, folder)
+        if not within(p, folder):
+            skipped.append((name, "symlink leading outside the dataset"))
+            continue
+        try:
+            regular_file_size(p, MAX_IMAGE_BYTES, "photo")
+        except (UntrustedInputError, FileNotFoundError) as e:
+            skipped.append((name, f"unreadable photo ({e})"))
+            continue
         try:
             gps = read_gps(p)
         except Exception as e:  # noqa: BLE001 - an unreadable photo is listed, not fatal
@@ -85,4 +96,4 @@ def read_exif(src: str | os.PathLike, index_dir: str | os.PathLike, columns: dic
         raise IndexValidationError(f"{folder}: none of the {len(files)} photos holds a GPS position in its EXIF")
     df = pd.DataFrame(rows)
     df, bad = fill_countries(df, df["image_path"])
-    return SourceRows(df, skipped + bad)
+    return SourceRows(df, skipped + bad, folder)

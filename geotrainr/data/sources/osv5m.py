@@ -26,6 +26,7 @@ from geotrainr.data.sources.common import (
     read_table_csv,
     relative,
 )
+from geotrainr.data.trust import within
 
 LICENCE = "CC-BY-SA 4.0"
 SPLIT_FILES = ("train", "test")
@@ -46,31 +47,41 @@ def _csv_files(src: Path) -> list[tuple[str, Path]]:
     return found
 
 
-def member_map(folder: Path) -> dict[str, tuple[Path, str]]:
-    """Image id -> (archive, member) for every image in the zip archives directly under ``folder``."""
+def member_map(folder: Path, root: Path | None = None) -> dict[str, tuple[Path, str]]:
+    """Image id -> (archive, member) for every image in the zip archives directly under ``folder`` (and inside
+    ``root``: an archive that is a symlink out is not read). Members are read in place by name, never extracted."""
     from geotrainr.data.archives import list_members
 
     out: dict[str, tuple[Path, str]] = {}
     for archive in sorted(folder.glob("*.zip")):
+        if not within(archive, root if root is not None else folder) or archive.name.startswith("."):
+            continue
         for member in list_members(archive, IMAGE_EXTENSIONS):
             out.setdefault(Path(member).stem, (archive, member))
     return out
 
 
 def read_osv5m(src: str | os.PathLike, index_dir: str | os.PathLike, columns: dict[str, str] | None = None,
-               images: str | os.PathLike | None = None) -> SourceRows:
+               images: str | os.PathLike | None = None, exclude=()) -> SourceRows:
     """Rows of OSV-5M's ``train.csv``/``test.csv`` with their images (zip members or files).
 
-    ``images`` is the folder holding ``train/`` and ``test/`` (default: ``SRC/images``). An id
-    without an image is skipped and listed. A missing or unknown country comes from the coordinates.
+    ``images`` is the folder holding ``train/`` and ``test/`` (default: ``SRC/images``), the dataset's
+    root. An id without an image, or whose image is not inside the root (an id with ``..`` or an
+    absolute path, a symlink out), is skipped and listed. A missing or unknown country comes from the
+    coordinates. ``columns`` maps any role, OSV-5M's own name for it is then left out.
     """
     src, index_dir = Path(src).resolve(), Path(index_dir).resolve()
     root = src if src.is_dir() else src.parent
     image_root = Path(images).resolve() if images is not None else root / "images"
+    if images is not None and not image_root.is_dir():
+        raise IndexValidationError(f"{image_root}: no such image folder")
     frames, skipped = [], []
     for split, csv in _csv_files(src):
         df = read_table_csv(csv, ("id", "sequence", "creator_id", "creator_username", "country", "captured_at"))
-        df = apply_columns(df, columns, str(csv)).rename(columns=RENAMES)
+        df = df.drop(columns=[theirs for theirs, ours in RENAMES.items() if ours in (columns or {}) and theirs in df.columns
+                              and theirs not in (columns or {}).values()])
+        df = apply_columns(df, columns, str(csv))
+        df = df.rename(columns={k: v for k, v in RENAMES.items() if v not in df.columns})
         for col in ("id", "lat", "lon"):
             if col not in df.columns:
                 raise IndexValidationError(f"{csv}: no {col} column (OSV-5M's CSVs have id,latitude,longitude,...)")
@@ -78,21 +89,26 @@ def read_osv5m(src: str | os.PathLike, index_dir: str | os.PathLike, columns: di
             continue
         df["id"] = df["id"].astype(str).str.strip()
         folder = image_root / split
-        members = member_map(folder) if folder.is_dir() else {}
-        finder = ImageFinder(folder) if folder.is_dir() else None
+        members = member_map(folder, image_root) if folder.is_dir() else {}
+        finder = ImageFinder(folder, root=image_root) if folder.is_dir() else None
         archive = np.full(len(df), None, dtype=object)
         member = np.full(len(df), None, dtype=object)
         path = np.full(len(df), None, dtype=object)
+        why = np.full(len(df), f"no image found (looked in {folder})", dtype=object)
         for i, image_id in enumerate(df["id"].to_numpy()):
             hit = members.get(image_id)
             if hit is not None:
                 archive[i], member[i] = relative(hit[0], index_dir), hit[1]
                 continue
-            p = finder.find(image_id) if finder is not None else None
+            if finder is None:
+                continue
+            p, why[i] = finder.locate(image_id)
             if p is not None and p.suffix.lower() != ".zip":
                 path[i] = relative(p, index_dir)
+            elif p is not None:
+                why[i] = f"no image found (looked in {folder})"
         found = np.array([a is not None or p is not None for a, p in zip(archive, path)], dtype=bool)
-        skipped += [(f"{csv.name} id {image_id}", f"no image found (looked in {folder})") for image_id in df["id"].to_numpy()[~found]]
+        skipped += [(f"{csv.name} id {image_id}", str(w)) for image_id, w in zip(df["id"].to_numpy()[~found], why[~found])]
         if any(a is not None for a in archive):
             df["archive"], df["member"] = archive, member
         if any(p is not None for p in path):
@@ -112,4 +128,4 @@ def read_osv5m(src: str | os.PathLike, index_dir: str | os.PathLike, columns: di
     df["licence"] = LICENCE
     if "sequence" in df.columns:
         df["sequence"] = df["sequence"].astype(object).where(df["sequence"].notna(), None)
-    return SourceRows(df, skipped)
+    return SourceRows(df, skipped, image_root)
