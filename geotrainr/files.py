@@ -1,4 +1,6 @@
-"""Atomic file writes: a reader never sees half a file, and a failed write leaves the old one.
+"""Files: atomic writes, and bounded reads of files that come from somewhere else.
+
+Atomic writes: a reader never sees half a file, and a failed write leaves the old one.
 
 ``durable=True`` also survives a power cut: the data is flushed to the disk
 (fsync) before the rename, and the folder after it, so that after a crash the
@@ -9,7 +11,10 @@ empty file. It costs a disk flush per write (see docs/performance.md).
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
+
+from geotrainr.errors import GeotrainrError
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -96,3 +101,66 @@ class atomic_path:  # noqa: N801 - used as a context manager, like open()
                     fsync_dir(self.path.parent)
         finally:
             self.tmp.unlink(missing_ok=True)
+
+
+# --- bounded reading --------------------------------------------------------------------------------
+
+
+class UnreadableFileError(GeotrainrError, OSError):
+    """A file that is not a regular file, or larger than what it may be."""
+
+
+def _a(what: str) -> str:
+    return f"{'an' if what[:1].lower() in 'aeiou' else 'a'} {what}"
+
+
+def regular_file(path: str | os.PathLike, what: str = "file", limit: int | None = None,
+                 error: type[GeotrainrError] = UnreadableFileError) -> os.stat_result:
+    """``os.stat`` of ``path`` (symlinks followed), before anything opens it: a regular file of at most ``limit`` bytes.
+
+    Opening a FIFO would block and ``/dev/zero`` never ends, so both are one ``error`` line here. A missing
+    file raises ``error`` too ("no such ...") unless ``error`` is None-like for callers that list it themselves.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise error(f"{path}: no such {what}") from None
+    except OSError as e:
+        raise error(f"{path}: cannot read this {what} ({e.strerror or e})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise error(f"{path}: not a regular file ({_a(what)} must be one)")
+    if limit is not None and st.st_size > limit:
+        raise error(f"{path}: {st.st_size:,} bytes, more than {_a(what)} may hold ({limit:,}); refused")
+    return st
+
+
+def open_limited(path: str | os.PathLike, limit: int, what: str = "file", error: type[GeotrainrError] = UnreadableFileError):
+    """A binary file object of a regular file of at most ``limit`` bytes, opened non-blocking and checked again
+    on the open descriptor (the path may have been swapped for a FIFO in between)."""
+    regular_file(path, what, limit, error)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        raise error(f"{path}: cannot read this {what} ({e.strerror or e})") from None
+    f = os.fdopen(fd, "rb")
+    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        f.close()
+        raise error(f"{path}: not a regular file ({_a(what)} must be one)")
+    return f
+
+
+def read_limited(path: str | os.PathLike, limit: int, what: str = "file",
+                 error: type[GeotrainrError] = UnreadableFileError) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes (also when it grew since it was checked)."""
+    with open_limited(path, limit, what, error) as f:
+        size = os.fstat(f.fileno()).st_size
+        chunks, total = [], 0
+        while total <= limit:  # in chunks: read(limit) would allocate the whole limit at once
+            chunk = f.read(min(limit + 1 - total, max(size, 1 << 16)))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+    if total > limit:
+        raise error(f"{path}: more than {_a(what)} may hold ({limit:,} bytes); refused")
+    return b"".join(chunks)

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 from pathlib import Path
 
-from geotrainr.errors import GeotrainrError
+from geotrainr.files import UnreadableFileError, read_limited, regular_file
 
 #: the largest image (a file, a zip member's declared size, embedded bytes) any importer reads
 MAX_IMAGE_BYTES = 64 * 2**20
@@ -28,33 +27,21 @@ MAX_MANIFEST_BYTES = 16 * 2**20
 _SEPARATORS = re.compile(r"[\\/]")
 
 
-class UntrustedInputError(GeotrainrError, OSError):
+class UntrustedInputError(UnreadableFileError):
     """A file an importer was asked to read is not a regular file, or is larger than what it may be."""
 
 
 def regular_file_size(path: str | os.PathLike, limit: int | None = None, what: str = "file") -> int:
-    """Size of ``path`` after checking (``os.stat``, before any open) that it is a regular file of at most ``limit`` bytes."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise
-    except OSError as e:
-        raise UntrustedInputError(f"{path}: cannot be read ({e.strerror or e})") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise UntrustedInputError(f"{path}: not a regular file (a {what} must be one)")
-    if limit is not None and st.st_size > limit:
-        raise UntrustedInputError(f"{path}: {st.st_size:,} bytes, more than a {what} may hold ({limit:,})")
-    return st.st_size
+    """Size of ``path`` after checking (``os.stat``, before any open) that it is a regular file of at most ``limit`` bytes.
+
+    A missing file raises :class:`FileNotFoundError` (readers list it as "no such file")."""
+    os.stat(path)
+    return regular_file(path, what, limit, UntrustedInputError).st_size
 
 
 def read_bounded(path: str | os.PathLike, limit: int, what: str = "file") -> bytes:
     """The bytes of regular file ``path``, refusing one over ``limit`` bytes (also if it grew since the check)."""
-    regular_file_size(path, limit, what)
-    with open(path, "rb") as f:
-        data = f.read(limit + 1)
-    if len(data) > limit:
-        raise UntrustedInputError(f"{path}: more than a {what} may hold ({limit:,} bytes)")
-    return data
+    return read_limited(path, limit, what, UntrustedInputError)
 
 
 def within(path: str | os.PathLike, root: str | os.PathLike) -> bool:
