@@ -181,6 +181,20 @@ def storage_error(location: str, error: BaseException, tries: int | None = None)
     return PackError(f"{location}: {_first_line(error)}")
 
 
+def _storage_cause(error: BaseException, errors: tuple) -> BaseException | None:
+    """The storage error behind ``error``: itself, or one it was raised while handling (s3fs, handling a read
+    timeout, can fail with an IndexError of its own), the one with a message preferred."""
+    found, seen = None, set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, errors):
+            if str(error):
+                return error
+            found = found or error
+        error = error.__cause__ or error.__context__
+    return found
+
+
 class _Guarded:
     """An fsspec file system, or a file it opened, whose failures become one-line :class:`PackError` s naming the
     location. Not-found errors pass unchanged (pyarrow's handler reports them as missing files)."""
@@ -201,8 +215,11 @@ class _Guarded:
                 out = attr(*args, **kwargs)
             except (*_NOT_FOUND, PackError):
                 raise
-            except errors as e:
-                raise storage_error(self._location, e, self._tries) from None
+            except Exception as e:
+                cause = _storage_cause(e, errors)
+                if cause is None:
+                    raise
+                raise storage_error(self._location, cause, self._tries) from None
             return _Guarded(out, self._location, self._tries) if name == "open" else out
 
         return guarded
