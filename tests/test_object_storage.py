@@ -350,3 +350,12 @@ def test_wrong_credentials_are_one_line_without_the_secret(s3, trained, tiny_ind
         fresh_clients()
     assert not (tmp_path / "runs").exists() and not (tmp_path / "rep").exists()
     assert not keys(s3, "other")
+
+
+@pytest.mark.slow
+def test_an_endpoint_that_refuses_connections_is_one_line(server, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    fresh_clients()
+    with pytest.raises(PackError, match="connection to the storage server failed .*check the endpoint"):
+        PackedSet("s3://trained/set")
+    fresh_clients()

@@ -139,16 +139,18 @@ _SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN"
 
 
 @functools.cache
-def _storage_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
-    """(errors an object store's client raises, those among them that a retry may cure).
+def _storage_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...],
+                               tuple[type[BaseException], ...]]:
+    """(errors an object store's client raises, those s3fs has retried already, those of a connection).
 
-    The transient ones are s3fs's own list: it retries them with backoff (``retries`` tries) before they
-    reach us, for every request and for the body of every ranged read.
+    s3fs retries its list with backoff (``retries`` tries) for every request and for the body of every
+    ranged read before they reach us; botocore retries a refused connection on its own.
     """
     import http.client
 
     errors: list[type[BaseException]] = [OSError, ValueError, http.client.HTTPException]
-    transient: list[type[BaseException]] = [TimeoutError, ConnectionError, http.client.HTTPException]
+    retried: list[type[BaseException]] = []
+    connection: list[type[BaseException]] = [TimeoutError, ConnectionError, http.client.HTTPException]
     for module, names in (("botocore.exceptions", ("BotoCoreError", "ClientError")), ("aiohttp", ("ClientError",))):
         try:
             mod = importlib.import_module(module)
@@ -156,12 +158,14 @@ def _storage_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseE
             continue
         errors += [getattr(mod, n) for n in names]
     try:
+        from botocore.exceptions import ConnectionError as BotoConnectionError
         from s3fs.core import S3_RETRYABLE_ERRORS
 
-        transient += list(S3_RETRYABLE_ERRORS)
+        retried += list(S3_RETRYABLE_ERRORS)
+        connection += [BotoConnectionError, *S3_RETRYABLE_ERRORS]
     except ImportError:
         pass
-    return tuple(errors), tuple(transient)
+    return tuple(errors), tuple(retried), tuple(connection)
 
 
 #: errors that pyarrow's fsspec handler turns into "not found" and its like: passed through unchanged
@@ -170,12 +174,12 @@ _NOT_FOUND = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirecto
 
 def storage_error(location: str, error: BaseException, tries: int | None = None) -> PackError:
     """One line for a failed request to an object store: where, what, and what to check; never a credential."""
-    errors, transient = _storage_errors()
+    _, retried, connection = _storage_errors()
     if isinstance(error, PermissionError):
         return PackError(f"{location}: access denied ({_first_line(error)}); check the credentials the environment "
                          "gives (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE for s3://)")
-    if isinstance(error, transient):
-        after = f" after {tries} tries" if tries else ""
+    if isinstance(error, connection):
+        after = f" after {tries} tries" if tries and isinstance(error, retried) else ""
         return PackError(f"{location}: the connection to the storage server failed{after} ({_first_line(error)}); "
                          "check the endpoint (AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL for s3://) and the network")
     return PackError(f"{location}: {_first_line(error)}")
@@ -207,7 +211,7 @@ class _Guarded:
         attr = getattr(self._target, name)
         if not callable(attr):
             return attr
-        errors, _ = _storage_errors()
+        errors = _storage_errors()[0]
 
         @functools.wraps(attr)
         def guarded(*args, **kwargs):
