@@ -131,7 +131,7 @@ def evaluate(
         ds = dm.dataset(split)
     n = len(ds)
     if n == 0:
-        raise ReportError(f"{dm.index_path}: the {split} split is empty")
+        raise ReportError(f"{dm.where}: the {split} split is empty")
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_skip,
                                          pin_memory=loc.device.type == "cuda")
     metrics = {k: m.to(loc.device) for k, m in model.new_metrics().items()}
@@ -153,7 +153,7 @@ def evaluate(
             if progress is not None:
                 progress(done, n)
     if not rows:
-        raise ReportError(f"{dm.index_path}: none of the {n} images of the {split} split could be read")
+        raise ReportError(f"{dm.where}: none of the {n} images of the {split} split could be read")
     idx = np.concatenate(rows)
     values = {k.split("/")[-1]: float(v) for k, v in model.compute_metrics(metrics).items()}
     records = make_guesses([ds.label(i) for i in idx], np.concatenate(latlon), np.concatenate(probs) if probs else None,
@@ -176,7 +176,7 @@ def evaluate(
     unseen = sorted(set(truth["country"].astype(str).str.upper()) - set(loc.countries))
     if unseen:
         notes.append(f"True countries outside the model's class list (count against accuracy, left out of Acc@k): {', '.join(unseen)}")
-    return Evaluation(model.task_kind, loc.countries, records, values, str(dm.index_path), split, skipped, notes,
+    return Evaluation(model.task_kind, loc.countries, records, values, dm.where, split, skipped, notes,
                       model.description, model.guess_note)
 
 

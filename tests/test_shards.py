@@ -127,7 +127,7 @@ def test_pack_cli_and_one_line_errors(tmp_path, capsys):
 
 def test_pack_to_a_url_and_read_it_back(tmp_path):
     index = build_tiny_index(tmp_path / "src", n=24)
-    url = (tmp_path / "remote").as_uri()  # file:///...: the same pyarrow file-system path as s3:// or gs://
+    url = (tmp_path / "remote").as_uri()  # file:///...: a URL on disk (s3:// against a server: test_object_storage.py)
     pack(index, url, rows_per_group=4)
     dm = GeoDataModule(url, batch_size=4, num_workers=0)
     dm.setup("fit")

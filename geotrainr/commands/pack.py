@@ -14,8 +14,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "and loader worker reads its own part of each epoch. The packed set is an index: pass it to fit/test as "
         "--data.init_args.index, to report and to export-dataset. Interrupted? Run the same command again: finished "
         "shards are kept.",
-        epilog="object storage: --out s3://bucket/set (or gs://...) writes there directly through pyarrow's file "
-        "systems; credentials come from the usual environment variables, never from the command line.",
+        epilog="object storage: --out s3://bucket/set (or gs://..., any URL fsspec opens) writes there directly; "
+        "the bucket must exist; credentials and endpoint come from the usual environment variables (AWS_ACCESS_KEY_ID, "
+        "AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL_S3), never from the command line.",
     )
     p.add_argument("index", help="parquet index file or shard folder, or 'demo'")
     p.add_argument("--out", required=True, help="a new folder, or a URL (s3://..., gs://...)")

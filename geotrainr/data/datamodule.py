@@ -106,13 +106,13 @@ class GeoDataModule(L.LightningDataModule):
         else:
             self._init_index(index, countries)
         if not self.countries:
-            where = self.packed.location if self.packed is not None else self.index_path
-            raise IndexValidationError(f"{where}: the training split holds no rows")
+            raise IndexValidationError(f"{self.where}: the training split holds no rows")
         self.num_classes = len(self.countries)
 
     def _init_index(self, index: str, countries: list[str] | None) -> None:
         """``__init__`` for a parquet index: the class list from the training split's countries (or ``countries``)."""
         self.index_path = resolve_index(index)
+        self.where = str(self.index_path)  # the data, named in messages and reports
         self.root = index_root(self.index_path)
         meta = read_index(self.index_path, columns=["country", "split", "lat", "lon", "image_path"])
         self._has_split = "split" in meta.columns
@@ -159,7 +159,7 @@ class GeoDataModule(L.LightningDataModule):
             raise ValueError(f"unknown split {split!r}; use train, val, test or all")
         if split == "test" and not self.has_test_split and rank_zero_only.rank == 0:
             # never score the validation rows under test names without saying so
-            print(f"warning: {self.index_path} has no test split: the test stage scores the val split "
+            print(f"warning: {self.where} has no test split: the test stage scores the val split "
                   "(re-index with --test 0.1 for a held-out test set)", file=sys.stderr)
         transform = build_transform(self.preprocessing, train=train, hflip=self.hparams.hflip, augment=self.augment)
         draft = self.preprocessing.draft_size if self.hparams.draft_decode else None
@@ -171,7 +171,7 @@ class GeoDataModule(L.LightningDataModule):
     def _loader(self, split: str, train: bool) -> DataLoader:
         ds = self.dataset(split, train)
         if len(ds) == 0:
-            raise IndexValidationError(f"{self.index_path}: the {split} split is empty")
+            raise IndexValidationError(f"{self.where}: the {split} split is empty")
         workers = self.hparams.num_workers
         pin = torch.cuda.is_available() if self.hparams.pin_memory is None else self.hparams.pin_memory
         if self.packed is not None and train:
@@ -219,7 +219,7 @@ class GeoDataModule(L.LightningDataModule):
         limit = self.hparams.max_unreadable
         if seen and skipped / seen > limit:
             raise UnreadableImagesError(
-                f"{self.index_path}: {skipped} of {seen} {stage} images ({skipped / seen:.0%}) could not be read, "
+                f"{self.where}: {skipped} of {seen} {stage} images ({skipped / seen:.0%}) could not be read, "
                 f"more than max_unreadable = {limit:g}; fix or re-collect the images (geotrainr index --check-images "
                 "lists them), or raise --data.max_unreadable"
             )
@@ -288,7 +288,7 @@ class GeoDataModule(L.LightningDataModule):
         codes = train["country"].str.upper()
         known = codes.isin(self.countries)
         if not known.any():
-            raise IndexValidationError(f"{self.index_path}: no training rows in the class list's countries")
+            raise IndexValidationError(f"{self.where}: no training rows in the class list's countries")
         return train.loc[known, ["lat", "lon"]].to_numpy(np.float64, copy=True), codes[known].tolist()
 
     def class_centres(self) -> np.ndarray:
@@ -300,6 +300,7 @@ class GeoDataModule(L.LightningDataModule):
     def _init_packed(self, countries: list[str] | None) -> None:
         """``__init__`` for a packed set: the class list and split counts come from its manifest, nothing is read."""
         self.index_path = Path(self.packed.location)
+        self.where = self.packed.location  # a URL stays a URL (a Path would fold its '//')
         self.root = self.index_path
         self._has_split = True
         self.countries = class_list(countries) if countries else self.packed.countries
@@ -333,13 +334,13 @@ class GeoDataModule(L.LightningDataModule):
             return self._stream_skip
         same = (resume.get("world"), resume.get("batch_size")) == (world, self.hparams.batch_size)
         if not same:
-            rank_zero_info(f"resuming epoch {epoch} of {self.index_path}: the epoch restarts from its first batch (the "
+            rank_zero_info(f"resuming epoch {epoch} of {self.where}: the epoch restarts from its first batch (the "
                            f"checkpoint was written with {resume.get('world')} process(es) and batch size "
                            f"{resume.get('batch_size')}, this run has {world} and {self.hparams.batch_size})")
             return self._stream_skip
         self._stream_done = set(int(b) for b in resume["done"])
         self._stream_skip = frozenset(self._stream_done)
-        rank_zero_info(f"resuming epoch {epoch} of {self.index_path} where it stopped: {len(self._stream_done)} batches "
+        rank_zero_info(f"resuming epoch {epoch} of {self.where} where it stopped: {len(self._stream_done)} batches "
                        "of this epoch were trained on and are not read again")
         return self._stream_skip
 
@@ -378,6 +379,6 @@ class GeoDataModule(L.LightningDataModule):
         codes = self.packed.country_codes[cols["country"][rows]]
         known = np.isin(codes, self.countries)
         if not known.any():
-            raise IndexValidationError(f"{self.index_path}: no training rows in the class list's countries")
+            raise IndexValidationError(f"{self.where}: no training rows in the class list's countries")
         rows = rows[known]
         return np.stack([cols["lat"][rows], cols["lon"][rows]], axis=1).astype(np.float64), codes[known].tolist()

@@ -1,7 +1,7 @@
 """Packed sets: an index whose images are embedded in parquet shards, read lazily one row group at a time.
 
 A packed set (written by ``geotrainr pack``) is a folder, local or on object storage (``s3://``,
-``gs://``, anything :func:`pyarrow.fs.FileSystem.from_uri` opens), holding::
+``gs://``, any URL fsspec opens: :func:`filesystem`), holding::
 
     DIR/_geotrainr_pack.json      manifest: shards, rows per row group, split counts, classes, settings
     DIR/part-00000.parquet        image (JPEG bytes, uncompressed), lat, lon, country, split, origin, provenance
@@ -28,12 +28,15 @@ per rank, which the other two give only up to whole shards or by dropping/duplic
 
 from __future__ import annotations
 
+import functools
+import importlib
 import io
 import json
 import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,16 +87,163 @@ def check_no_credentials(location: str) -> None:
 
 
 def filesystem(location: str | os.PathLike) -> tuple[pa.fs.FileSystem, str]:
-    """(file system, path on it) for a local folder or a URL (``s3://bucket/set``, ``gs://...``, ``file:///...``)."""
+    """(file system, path on it) for a local folder or a URL.
+
+    Local folders and ``file://`` URLs go through pyarrow's local file system (whose renames make writes
+    atomic); every other scheme (``s3://``, ``gs://``, ``az://``, ``memory://``, ...) through fsspec, wrapped
+    for pyarrow, so that the rest of this module has one code path. Credentials, endpoint and region come
+    from the environment as the scheme's library reads them (for s3fs: botocore's ``AWS_ACCESS_KEY_ID``,
+    ``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``, ``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL``,
+    ``AWS_DEFAULT_REGION``). The bucket must exist: it is checked here, and never created.
+    """
     location = os.fspath(location)
-    if _is_url(location):
-        check_no_credentials(location)
+    if not _is_url(location):
+        return pa.fs.LocalFileSystem(), os.path.abspath(location)
+    check_no_credentials(location)  # (from here on the URL may be quoted)
+    scheme = location.split("://", 1)[0].lower()
+    if scheme == "file":
+        from urllib.parse import urlsplit
+        from urllib.request import url2pathname
+
+        return pa.fs.LocalFileSystem(), os.path.abspath(url2pathname(urlsplit(location).path))
+    import fsspec
+
+    try:
+        fs, path = fsspec.core.url_to_fs(location)
+    except (ImportError, ValueError) as e:  # an unknown scheme, or its package is not installed
+        raise PackError(f"{location}: cannot open this location ({_first_line(e)})") from None
+    path = path.rstrip("/")
+    bucket = path.lstrip("/").split("/", 1)[0]
+    guarded = _Guarded(fs, location)
+    try:
+        guarded.info(bucket)
+    except FileNotFoundError:
+        raise PackError(f"{location}: no such bucket {bucket!r} (or no access to it); geotrainr never creates "
+                        "buckets: create it first") from None
+    return pa.fs.PyFileSystem(_Handler(guarded)), path
+
+
+def _first_line(error: BaseException, limit: int = 300) -> str:
+    """``Type: message`` on one line, without any credential the environment holds."""
+    text = " ".join(str(error).split()) or "no details"
+    for name in _SECRET_ENV:
+        value = os.environ.get(name)
+        if value and len(value) >= 4:
+            text = text.replace(value, "***")
+    return f"{type(error).__name__}: {text[:limit]}"
+
+
+#: environment variables holding credentials, kept out of every message
+_SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN", "AZURE_STORAGE_KEY",
+               "AZURE_STORAGE_SAS_TOKEN", "AZURE_STORAGE_CONNECTION_STRING", "GOOGLE_OAUTH_ACCESS_TOKEN")
+
+
+@functools.cache
+def _storage_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...],
+                               tuple[type[BaseException], ...]]:
+    """(errors an object store's client raises, those s3fs has retried already, those of a connection).
+
+    s3fs retries its list with backoff (``retries`` tries) for every request and for the body of every
+    ranged read before they reach us; botocore retries a refused connection on its own.
+    """
+    import http.client
+
+    errors: list[type[BaseException]] = [OSError, ValueError, http.client.HTTPException]
+    retried: list[type[BaseException]] = []
+    connection: list[type[BaseException]] = [TimeoutError, ConnectionError, http.client.HTTPException]
+    for module, names in (("botocore.exceptions", ("BotoCoreError", "ClientError")), ("aiohttp", ("ClientError",))):
         try:
-            return pa.fs.FileSystem.from_uri(location)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as e:
-            raise PackError(f"{location}: cannot open this location ({e})") from None
-        # (credentials were refused above, so the URL may be quoted)
-    return pa.fs.LocalFileSystem(), os.path.abspath(location)
+            mod = importlib.import_module(module)
+        except ImportError:
+            continue
+        errors += [getattr(mod, n) for n in names]
+    try:
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+        from s3fs.core import S3_RETRYABLE_ERRORS
+
+        retried += list(S3_RETRYABLE_ERRORS)
+        connection += [BotoConnectionError, *S3_RETRYABLE_ERRORS]
+    except ImportError:
+        pass
+    return tuple(errors), tuple(retried), tuple(connection)
+
+
+#: errors that pyarrow's fsspec handler turns into "not found" and its like: passed through unchanged
+_NOT_FOUND = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)
+
+
+def storage_error(location: str, error: BaseException, tries: int | None = None) -> PackError:
+    """One line for a failed request to an object store: where, what, and what to check; never a credential."""
+    _, retried, connection = _storage_errors()
+    if isinstance(error, PermissionError):
+        return PackError(f"{location}: access denied ({_first_line(error)}); check the credentials the environment "
+                         "gives (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE for s3://)")
+    if isinstance(error, connection):
+        after = f" after {tries} tries" if tries and isinstance(error, retried) else ""
+        return PackError(f"{location}: the connection to the storage server failed{after} ({_first_line(error)}); "
+                         "check the endpoint (AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL for s3://) and the network")
+    return PackError(f"{location}: {_first_line(error)}")
+
+
+def _storage_cause(error: BaseException, errors: tuple) -> BaseException | None:
+    """The storage error behind ``error``: itself, or one it was raised while handling (s3fs, handling a read
+    timeout, can fail with an IndexError of its own), the one with a message preferred."""
+    found, seen = None, set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, errors):
+            if str(error):
+                return error
+            found = found or error
+        error = error.__cause__ or error.__context__
+    return found
+
+
+class _Guarded:
+    """An fsspec file system, or a file it opened, whose failures become one-line :class:`PackError` s naming the
+    location. Not-found errors pass unchanged (pyarrow's handler reports them as missing files)."""
+
+    def __init__(self, target, location: str, tries: int | None = None):
+        self._target, self._location = target, location
+        self._tries = tries if tries is not None else getattr(target, "retries", None)
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._target, name)
+        if not callable(attr):
+            return attr
+        errors = _storage_errors()[0]
+
+        @functools.wraps(attr)
+        def guarded(*args, **kwargs):
+            try:
+                out = attr(*args, **kwargs)
+            except (*_NOT_FOUND, PackError):
+                raise
+            except Exception as e:
+                cause = _storage_cause(e, errors)
+                if cause is None:
+                    raise
+                raise storage_error(self._location, cause, self._tries) from None
+            return _Guarded(out, self._location, self._tries) if name == "open" else out
+
+        return guarded
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class _Handler(pa.fs.FSSpecHandler):
+    """pyarrow's handler for fsspec file systems, reading with ranged requests of exactly what pyarrow asks for
+    (fsspec's default read-ahead would fetch 50 MB past every row group)."""
+
+    def open_input_file(self, path: str):
+        return pa.PythonFile(self.fs.open(path, mode="rb", cache_type="none"), mode="r")
+
+    def open_input_stream(self, path: str):
+        return self.open_input_file(path)
 
 
 def is_packed(location: str | os.PathLike) -> bool:
@@ -110,7 +260,10 @@ def is_packed(location: str | os.PathLike) -> bool:
     if info[1].type == pa.fs.FileType.File:
         raise PackError(unfinished_pack(location))
     if _is_url(location):
-        raise PackError(f"{location}: no {MANIFEST} there; only sets written by geotrainr pack are read from URLs")
+        if fs.get_file_info(base).type == pa.fs.FileType.NotFound:
+            raise PackError(f"{location}: nothing there (no such prefix); pack a set there first with geotrainr pack")
+        raise PackError(f"{location}: no {MANIFEST} there, so not a packed set; only sets written by geotrainr pack "
+                        "are read from URLs")
     return False
 
 
@@ -122,6 +275,24 @@ def read_json(fs: pa.fs.FileSystem, path: str) -> dict:
         return read_json_bounded(fs, path)
     except IndexValidationError as e:
         raise PackError(str(e)) from None
+
+
+@contextmanager
+def reading(location: str, name: str) -> Iterator[None]:
+    """A shard that cannot be read (cut short, not parquet, or a lost connection) is one line naming it."""
+    try:
+        yield
+    except PackError:
+        raise
+    except (pa.ArrowException, OSError) as e:
+        raise PackError(f"{location}/{name}: cannot be read ({_first_line(e)}); pack the set again") from None
+
+
+def read_columns(fs: pa.fs.FileSystem, base: str, name: str, columns: list[str], location: str) -> pa.Table:
+    """``columns`` of one shard. Through :class:`pyarrow.parquet.ParquetFile`, not ``read_table``, whose
+    dataset scanner can abort the interpreter at exit when it has read Python file objects (apache/arrow#39162)."""
+    with reading(location, name), fs.open_input_file(f"{base}/{name}") as f:
+        return pq.ParquetFile(f).read(columns=columns)
 
 
 # --- the set ------------------------------------------------------------------------------------
@@ -143,7 +314,9 @@ class PackedSet:
         fs, self._base = filesystem(self.location)
         try:
             self.manifest = read_json(fs, f"{self._base}/{MANIFEST}")
-        except OSError as e:
+        except PackError:
+            raise
+        except (OSError, ValueError) as e:
             raise PackError(f"{self.location}: no readable {MANIFEST} ({e})") from None
         if self.manifest.get("format") != FORMAT or self.manifest.get("version") != VERSION:
             raise PackError(f"{self.location}: {MANIFEST} is not a geotrainr pack of version {VERSION}")
@@ -184,8 +357,7 @@ class PackedSet:
         fs, base = filesystem(self.location)
         lat, lon, country, split = [], [], [], []
         for name in self.shards:
-            with fs.open_input_file(f"{base}/{name}") as f:
-                t = pq.read_table(f, columns=META_COLUMNS)
+            t = read_columns(fs, base, name, META_COLUMNS, self.location)
             lat.append(t.column("lat").to_numpy())
             lon.append(t.column("lon").to_numpy())
             country.append(t.column("country").combine_chunks().dictionary_encode())
@@ -230,8 +402,7 @@ class PackedSet:
         fs, base = filesystem(self.location)
         parts = []
         for shard in self.shards:
-            with fs.open_input_file(f"{base}/{shard}") as f:
-                parts.append(pq.read_table(f, columns=[name]).column(name).to_numpy(zero_copy_only=False))
+            parts.append(read_columns(fs, base, shard, [name], self.location).column(name).to_numpy(zero_copy_only=False))
         return np.concatenate(parts)
 
     # images ----------------------------------------------------------------------------------
@@ -252,10 +423,11 @@ class PackedSet:
             cache.move_to_end(group)
             return hit
         shard, g = (int(x) for x in self.group_where[group])
-        if shard not in files:
-            fs, base = filesystem(self.location)
-            files[shard] = pq.ParquetFile(fs.open_input_file(f"{base}/{self.shards[shard]}"))
-        images = files[shard].read_row_group(g, columns=["image"]).column("image").combine_chunks()
+        with reading(self.location, self.shards[shard]):
+            if shard not in files:
+                fs, base = filesystem(self.location)
+                files[shard] = pq.ParquetFile(fs.open_input_file(f"{base}/{self.shards[shard]}"))
+            images = files[shard].read_row_group(g, columns=["image"]).column("image").combine_chunks()
         cache[group] = images
         while len(cache) > self.buffer:
             cache.popitem(last=False)
