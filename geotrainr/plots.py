@@ -32,8 +32,8 @@ WORLD_EXTENT = (-180.0, 180.0, -90.0, 90.0)
 DPI = 110
 
 
-def _save(fig: Figure, target, fmt: str) -> None:
-    fig.savefig(target, format=fmt, dpi=fig.dpi, bbox_inches="tight", pad_inches=0.15)
+def _save(fig: Figure, target, fmt: str, **kwargs) -> None:
+    fig.savefig(target, format=fmt, dpi=fig.dpi, bbox_inches="tight", pad_inches=0.15, **kwargs)
 
 
 def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
@@ -46,10 +46,22 @@ def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
 
 
 def figure_png(fig: Figure) -> bytes:
-    """``fig`` as the PNG bytes :func:`save_figure` would write (for loggers, web pages)."""
+    """``fig`` as the PNG bytes :func:`save_figure` would write (for web pages, notebooks)."""
     buf = io.BytesIO()
     _save(fig, buf, "png")
     return buf.getvalue()
+
+
+def figure_pixels(fig: Figure) -> np.ndarray:
+    """``fig`` as the (H, W, 3) uint8 pixels of the picture :func:`save_figure` would write (for loggers,
+    which encode pictures themselves: an uncompressed PNG in between saves one compression)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    _save(fig, buf, "png", pil_kwargs={"compress_level": 0})
+    buf.seek(0)
+    with Image.open(buf) as im:
+        return np.asarray(im.convert("RGB"))
 
 
 def save_image(image, path: str | os.PathLike) -> Path:
@@ -377,32 +389,43 @@ def photo_grid_figure(
 ) -> Figure:
     """Photos in a grid, each captioned with its true and guessed label (green when they agree, red when not).
 
+    The photos are laid into one mosaic and drawn as one image (one axes per photo costs seconds).
+
     Args:
         images: (H, W, 3) uint8 arrays.
         true, guessed: a label per photo (None: unknown).
         names: a short name per photo (e.g. the file), written under it.
         title: figure title.
         columns: photos per row; default: a near-square grid.
-        cell_in: side of one photo's cell in inches (at 110 dpi).
+        cell_in: width of one photo's cell in inches (at 110 dpi).
     """
     n = len(images)
     cols = max(1, min(n, columns or int(np.ceil(np.sqrt(max(n, 1))))))
     rows = max(1, int(np.ceil(n / cols)))
-    fig = Figure(figsize=(cols * cell_in, rows * (cell_in + 0.35) + 0.5), dpi=DPI)
-    grid = fig.add_gridspec(rows, cols, left=0.02, right=0.98, bottom=0.02, top=1 - 0.5 / fig.get_figheight(),
-                            wspace=0.05, hspace=0.3)
-    for i in range(rows * cols):
-        ax = fig.add_subplot(grid[i // cols, i % cols])
-        ax.axis("off")
-        if i >= n:
-            continue
-        ax.imshow(np.asarray(images[i]), interpolation="nearest")
+    h = max([np.asarray(im).shape[0] for im in images] or [64])
+    w = max([np.asarray(im).shape[1] for im in images] or [64])
+    top, bottom, gap = int(np.ceil(h * 0.16)), int(np.ceil(h * 0.1)) if names is not None else 0, int(np.ceil(w * 0.05))
+    ch, cw = top + h + bottom, w + gap
+    mosaic = np.full((rows * ch, cols * cw, 3), 255, np.uint8)
+    for i, im in enumerate(images):
+        im = np.asarray(im)[..., :3]
+        y, x = (i // cols) * ch + top, (i % cols) * cw + gap // 2
+        mosaic[y : y + im.shape[0], x : x + im.shape[1]] = im
+    title_in = 0.45 if title else 0.05
+    width = cols * cell_in
+    height = width * mosaic.shape[0] / mosaic.shape[1]
+    fig = Figure(figsize=(width, height + title_in), dpi=DPI)
+    ax = fig.add_axes((0, 0, 1, height / (height + title_in)))
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.axis("off")
+    for i in range(n):
+        x, y = (i % cols) * cw + cw / 2, (i // cols) * ch
         t, g = true[i], guessed[i]
         colour = "#888888" if t is None or g is None else ("#1a9641" if t == g else "#d7191c")
-        ax.set_title(f"true {t or '?'}  guess {g or '?'}", fontsize=9, color=colour, fontweight="bold", pad=3)
+        ax.text(x, y + top * 0.85, f"true {t or '?'}  guess {g or '?'}", ha="center", va="bottom", fontsize=9,
+                color=colour, fontweight="bold")
         if names is not None and names[i]:
-            ax.text(0.5, -0.02, str(names[i])[:28], transform=ax.transAxes, ha="center", va="top", fontsize=6,
-                    color="#444444")
+            ax.text(x, y + top + h + bottom * 0.15, str(names[i])[:28], ha="center", va="top", fontsize=6, color="#444444")
     if title:
-        fig.suptitle(title, fontsize=11, y=1 - 0.12 / fig.get_figheight())
+        fig.suptitle(title, fontsize=11, y=1 - 0.1 / (height + title_in))
     return fig
