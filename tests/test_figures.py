@@ -86,6 +86,7 @@ def test_runs_without_a_picture_logger(dm, tmp_path, logger):
         assert (Path(logger.log_dir) / "metrics.csv").is_file()
 
 
+@pytest.mark.slow
 def test_validate_a_coordinate_model_without_country_probabilities(dm, tmp_path):
     """A linear coordinate model guesses the country its coordinates fall in; ``validate`` draws once."""
     model = CoordinateRegressor(countries=dm.countries, backbone="test_efficientnet", weights=None, image_size=32)
@@ -104,10 +105,11 @@ def test_figures_are_the_reports_pictures(tmp_path):
     """The builders the callback logs are those ``report`` saves: the same pixels."""
     rng = np.random.default_rng(0)
     guess = np.c_[rng.uniform(40, 60, 12), rng.uniform(-5, 25, 12)]
-    plots.plot_map(guess, tmp_path / "map.png", true_latlon=guess + 1, title="t")
+    extent = (-10.0, 30.0, 35.0, 65.0)
+    plots.plot_map(guess, tmp_path / "map.png", true_latlon=guess + 1, title="t", extent=extent, width_in=4)
     with Image.open(tmp_path / "map.png") as saved:
         assert np.array_equal(np.asarray(saved.convert("RGB")),
-                              plots.figure_pixels(plots.map_figure(guess, guess + 1, title="t")))
+                              plots.figure_pixels(plots.map_figure(guess, guess + 1, title="t", extent=extent, width_in=4)))
 
 
 def test_most_confused_and_the_cut_down_matrix():
