@@ -168,3 +168,23 @@ def test_ddp_ranks_sum_their_shares_and_rank_zero_logs(tiny_index, tmp_path, mon
     assert set(images) == set(TAGS) and all(len(v) == 1 for v in images.values())
     for events in images.values():
         check_png(events[0].encoded_image_string)
+
+
+@pytest.mark.slow
+def test_wandb_logger_gets_the_picture(tmp_path, monkeypatch):
+    """W&B offline: the picture lands in the run folder's media (W&B's service process makes this slow)."""
+    pytest.importorskip("wandb")
+    from lightning.pytorch.loggers import WandbLogger
+
+    from geotrainr.figures import log_picture
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    logger = WandbLogger(save_dir=str(tmp_path), project="figures-test")
+    pixels = np.zeros((40, 60, 3), np.uint8)
+    pixels[10:30, 20:40] = (200, 30, 30)
+    log_picture(logger, "val/map", pixels, step=7)
+    logger.experiment.finish()
+    saved = list(tmp_path.rglob("media/images/val/map_*.png"))
+    assert len(saved) == 1
+    with Image.open(saved[0]) as im:
+        assert np.array_equal(np.asarray(im.convert("RGB")), pixels)
