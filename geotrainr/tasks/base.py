@@ -219,7 +219,11 @@ class GeoTask(L.LightningModule):
         return self._step(batch, "train")
 
     def validation_step(self, batch: dict, batch_idx: int):
-        return self._step(batch, "val")
+        """The loss and the batch's guesses (``latlon``, ``probs`` where the task has them): callbacks such as
+        :class:`geotrainr.figures.ValidationFigures` get them as the step's outputs, with no second pass."""
+        self._val_guess = None
+        loss = self._step(batch, "val")
+        return None if loss is None else {"loss": loss, "guess": self._val_guess}
 
     def test_step(self, batch: dict, batch_idx: int):
         return self._step(batch, "test")
@@ -389,6 +393,12 @@ class GeoTask(L.LightningModule):
         Training, validation, ``test`` and ``report`` all score through here, so they agree.
         """
         raise NotImplementedError
+
+    def score(self, stage: str, guess: dict[str, torch.Tensor], batch: dict) -> None:
+        """:meth:`update_metrics` of ``stage`` from a batch's guesses; validation keeps them for the step's output."""
+        self.update_metrics(self.metrics_for(stage), guess, batch)
+        if stage == "val":
+            self._val_guess = guess
 
     def new_metrics(self) -> dict[str, Metric | MetricCollection]:
         """A fresh set of this task's metrics (for evaluations outside a Trainer)."""

@@ -167,7 +167,7 @@ class CoordinateRegressor(GeoTask):
         else:
             loss = great_circle_error_km(from_seed_frame(out), true).mean().float() / 1000.0
         with torch.no_grad():
-            self.update_metrics(self.metrics_for(stage), self.guess(out), batch)
+            self.score(stage, self.guess(out), batch)
         return loss
 
     def predict_latlon(self, images: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -51,7 +51,7 @@ class CountryClassifier(GeoTask):
         logits = self(batch["image"])
         loss = F.cross_entropy(logits.float(), batch["country"], label_smoothing=self._label_smoothing, ignore_index=-1)
         with torch.no_grad():
-            self.update_metrics(self.metrics_for(stage), self.guess(logits), batch)
+            self.score(stage, self.guess(logits), batch)
         return loss
 
     def guess(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:

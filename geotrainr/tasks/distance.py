@@ -132,7 +132,7 @@ class DistancePredictor(GeoTask):
             losses.append(self._opts["identity_weight"] * self.pair_distance(emb, emb).pow(2).mean())
         loss = torch.stack(losses).sum()
         with torch.no_grad():
-            self.update_metrics(self.metrics_for(stage), self.guess(pred_anchor), batch)
+            self.score(stage, self.guess(pred_anchor), batch)
         return loss
 
     def guess(self, anchor_distance_deg: torch.Tensor) -> dict[str, torch.Tensor]:

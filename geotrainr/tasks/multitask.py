@@ -197,7 +197,7 @@ class MultiTaskGeolocator(CoordinateRegressor):
             predicted = out["offsets"].view(len(nearest), -1, 2)[n, nearest]
             loss = loss + hp.offset_weight * F.smooth_l1_loss(predicted, delta)
         with torch.no_grad():
-            self.update_metrics(self.metrics_for(stage), self.guess({k: v.detach() for k, v in out.items()}), batch)
+            self.score(stage, self.guess({k: v.detach() for k, v in out.items()}), batch)
         return loss
 
     # --- what the model says about itself ----------------------------------------------------------
