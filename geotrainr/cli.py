@@ -55,8 +55,18 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def one_line(message: str) -> str:
+    """A user error's message on one line. An error raised in a DataLoader worker comes back from torch as
+    ``Caught X in DataLoader worker process N. Original Traceback ...``: its last line is the message itself."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if len(lines) > 1 and "Original Traceback" in message:
+        name, sep, text = lines[-1].partition(": ")
+        return text if sep and name.replace(".", "").replace("_", "").isalnum() else lines[-1]
+    return " ".join(lines)
+
+
 def _error(verb: str, message: str) -> int:
-    print(f"geotrainr {verb}: error: {message}", file=sys.stderr)
+    print(f"geotrainr {verb}: error: {one_line(message)}", file=sys.stderr)
     return 2
 
 

@@ -52,3 +52,14 @@ def test_norway_in_a_yaml_class_list_stays_norway(tiny_index, tmp_path, capsys):
     assert cfg["data"]["init_args"]["countries"] == ["DE", "NO", "FR"]
     assert cfg["data"]["init_args"]["hflip"] is False and cfg["model"]["init_args"]["freeze_backbone"] is True
     assert cfg["model"]["init_args"]["lr"] == 1e-3
+
+
+def test_an_error_from_a_loader_worker_is_one_line():
+    """torch re-raises a worker's error with the worker's traceback in its message: the CLI prints the message alone."""
+    from geotrainr.cli import one_line
+
+    wrapped = ("Caught PackError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+               '  File "x.py", line 1, in f\n    raise PackError(...)\n'
+               "geotrainr.data.shards.PackError: s3://bucket/set/part-00000.parquet: cannot be read (connection reset)\n")
+    assert one_line(wrapped) == "s3://bucket/set/part-00000.parquet: cannot be read (connection reset)"
+    assert one_line("index.parquet: no such index file or folder") == "index.parquet: no such index file or folder"
