@@ -361,7 +361,11 @@ class LocateAPI(ls.LitAPI):
         import torch
         from PIL import Image
 
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process stops workers once requests are answered
+        # The main process stops the workers once the API servers have answered what is in flight; a signal
+        # sent to the whole process group (Ctrl+C, systemd) must not end a batch half way.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, self._stop_when_idle)
+        self._busy = False
         if str(device).startswith("cpu") and self.threads:
             torch.set_num_threads(self.threads)
         self.locator = load_locator(self.source, device=device, runtime=self.runtime)
@@ -369,7 +373,12 @@ class LocateAPI(ls.LitAPI):
         Image.new("RGB", (64, 64), (90, 120, 160)).save(buf, "PNG")
         self.locator.locate([buf.getvalue()], num_workers=0)  # builds the place index before the first request
 
+    def _stop_when_idle(self, signum, frame) -> None:
+        if not self._busy:
+            raise SystemExit(0)
+
     def decode_request(self, request: dict, **kwargs) -> dict:
+        self._busy = True
         return request
 
     def batch(self, inputs: list[dict]) -> list[dict]:
@@ -392,6 +401,7 @@ class LocateAPI(ls.LitAPI):
         return output
 
     def encode_response(self, output: dict, **kwargs) -> dict:
+        self._busy = False
         return output
 
 class PhotoSpec(LitSpec):
@@ -539,17 +549,34 @@ def build_server(settings: ServeSettings):
 
 
 def serve(settings: ServeSettings) -> None:
-    """Run until SIGINT or SIGTERM: the API servers answer the requests in flight, then every process stops."""
+    """Run until SIGINT or SIGTERM, then stop cleanly: the API servers answer the requests in flight (new
+    connections are refused), then the inference workers and the rest stop."""
+    import threading
+
     server = build_server(settings)
+    main_pid = os.getpid()
 
-    def stop(signum, frame):  # SIGTERM takes the path Ctrl+C takes: LitServe's graceful shutdown
-        raise KeyboardInterrupt
+    def stop(signum, frame) -> None:
+        # Processes forked from this one inherit the handler: only this process acts on it (uvicorn
+        # installs its own while serving). LitServe's shutdown event is set from a thread because this
+        # thread may be inside a call on the same manager connection.
+        if os.getpid() != main_pid:
+            return
+        if server._shutdown_event is None:
+            raise KeyboardInterrupt  # still starting: LitServe stops what it has started
+        threading.Thread(target=server._shutdown_event.set, daemon=True).start()
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         server.run(host=settings.host, port=settings.port, log_level=settings.log_level, generate_client_file=False)
+    except KeyboardInterrupt:  # stopped while starting: the workers ignore SIGINT, so end them here
+        for worker in getattr(server, "inference_workers", []):
+            worker.terminate()
+            worker.join(10)
+        raise
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 __all__ = ["Limits", "Refused", "ServeError", "ServeSettings", "answer", "build_server", "check_photo", "model_card",
