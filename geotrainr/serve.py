@@ -512,6 +512,8 @@ class ServeSettings:
             raise ServeError("--max-batch-size must be at least 1")
         if not (self.batch_timeout >= 0 and math.isfinite(self.batch_timeout)):
             raise ServeError("--batch-timeout must be a number of seconds >= 0")
+        if not self.timeout > self.batch_timeout:
+            raise ServeError("--timeout must be longer than --batch-timeout")
         self.limits.check()
 
 
@@ -531,9 +533,9 @@ def build_server(settings: ServeSettings):
     """A ready LitServer: the model checked and its card read here, loaded again in each inference worker."""
     settings.check()
     accelerator, devices = _accelerator(settings.device)
-    locator = load_locator(settings.source, device="cpu", runtime=settings.runtime)
-    card = model_card(settings.source, locator.model)
-    del locator
+    card = model_card(settings.source, load_locator(settings.source, device="cpu").model)
+    if settings.runtime != "torch":  # a model the workers cannot load fails here, in one line
+        load_locator(settings.source, device="cpu", runtime=settings.runtime)
     threads = 0
     if accelerator == "cpu":
         threads = max(1, (os.cpu_count() or 1) // settings.workers)
@@ -574,6 +576,10 @@ def serve(settings: ServeSettings) -> None:
             worker.terminate()
             worker.join(10)
         raise
+    except RuntimeError as e:  # LitServe: a worker could not load the model on its device (its log is above)
+        if "failed to start" not in str(e):
+            raise
+        raise ServeError(f"the inference workers could not start on {settings.device} (see the log above)") from None
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
