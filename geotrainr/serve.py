@@ -131,6 +131,9 @@ async def read_photos(request: Request, limits: Limits, max_photos: int | None =
         try:
             form = await Request(request.scope, replay).form(max_files=max_photos + 1, max_fields=100)
         except Exception as e:  # noqa: BLE001 - python-multipart and Starlette raise several kinds for a bad form
+            detail = str(getattr(e, "detail", "") or e)
+            if "Too many files" in detail:
+                raise Refused(413, f"More than {max_photos} photos in one request; this server takes at most {max_photos}.") from None
             raise Refused(400, f"The multipart form cannot be read ({_first_line(e)}).") from None
         try:
             photos = []

@@ -184,6 +184,10 @@ def hostile_uploads(tmp_path: Path) -> dict[str, tuple[dict, int, str]]:
         "no file field": ({"files": {"note": (None, "hello")}}, 400, "file"),
         "too many photos": ({"files": [("file", (f"v{i}.jpg", good, "image/jpeg")) for i in range(MAX_PHOTOS + 1)]},
                             413, "photos"),
+        "far too many photos": ({"files": [("file", (f"v{i}.jpg", b"x", "image/jpeg")) for i in range(3 * MAX_PHOTOS)]},
+                                413, "photos"),
+        "malformed form": ({"data": b"--xyz\r\nnonsense", "headers": {"Content-Type": "multipart/form-data; boundary=xyz"}},
+                           400, "form"),
         "bad top_k": ({**form("a.jpg", good), "params": {"top_k": "many"}}, 400, "top_k"),
     }
 
