@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -63,14 +64,16 @@ def start(model: Path, batch: int, timeout_s: float, extra: list[str]) -> tuple[
 
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)  # a file, not a pipe that could fill up
     proc = subprocess.Popen([sys.executable, "-m", "geotrainr.cli", "serve", str(model), "--port", str(port), "--device", "cpu",
                              "--max-batch-size", str(batch), *extra],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{proc.stdout.read()[-3000:]}")
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{Path(log.name).read_text()[-3000:]}")
         try:
             if requests.get(f"{url}/health", timeout=2).status_code == 200:
                 return proc, url

@@ -49,16 +49,19 @@ def free_port() -> int:
 def start_server(model: Path, *extra: str, cwd: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    log = open(cwd / "server.log", "w")  # a file, not a pipe: a full pipe would stall the server
     proc = subprocess.Popen(
         [sys.executable, "-m", "geotrainr.cli", "serve", str(model), "--port", str(port), "--device", "cpu",
          "--max-bytes", str(MAX_BYTES), "--max-pixels", str(MAX_PIXELS), "--max-photos", str(MAX_PHOTOS), *extra],
-        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
+    log.close()
+    proc.log = cwd / "server.log"
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(f"server exited with {proc.returncode}:\n{proc.stdout.read()}")
+            raise AssertionError(f"server exited with {proc.returncode}:\n{proc.log.read_text()}")
         try:
             if requests.get(f"{url}/health", timeout=2).status_code == 200:
                 return proc, url
@@ -321,10 +324,10 @@ def test_sigterm_answers_what_is_in_flight_and_exits_0(server, ckpt, capsys):
         time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
         outcomes = [f.result() for f in futures]
-    assert proc.wait(90) == 0, proc.stdout.read()
+    assert proc.wait(90) == 0, proc.log.read_text()
     assert set(outcomes) <= {"answered", "refused"}, outcomes
     assert "answered" in outcomes
-    log = proc.stdout.read()
+    log = proc.log.read_text()
     assert "Traceback" not in log, log
 
 
