@@ -378,7 +378,7 @@ class LocateAPI(ls.LitAPI):
 
     def _stop_when_idle(self, signum, frame) -> None:
         if not self._busy:
-            raise SystemExit(0)
+            os._exit(0)  # nothing to flush; an interpreter shutdown could outlast LitServe's 5 s grace
 
     def decode_request(self, request: dict, **kwargs) -> dict:
         self._busy = True
