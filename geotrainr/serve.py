@@ -546,6 +546,9 @@ def build_server(settings: ServeSettings):
                     batch_timeout=settings.batch_timeout, spec=PhotoSpec(card, settings.limits))
     server = ls.LitServer(api, accelerator=accelerator, devices=devices, workers_per_device=settings.workers,
                           timeout=settings.timeout, model_metadata={k: card[k] for k in ("task", "backbone", "classes")})
+    # LitServe's worker monitor looks at the shutdown event every 2 s and fails on a manager that a quick
+    # shutdown has already closed; looking more often lets it see the event first.
+    server.monitor_internal = 0.2
     # LitServe answers GET / with a plain "litserve running"; the page takes its place.
     server.app.router.routes = [r for r in server.app.router.routes
                                 if not (getattr(r, "path", None) == "/" and getattr(r, "endpoint", None) is not None
