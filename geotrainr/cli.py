@@ -35,6 +35,7 @@ COMMANDS = {
     "export-dataset": ("export_dataset", "write an index as a Hugging Face datasets folder (parquet shards + dataset card)"),
     "report": ("report", "evaluate a checkpoint on an index split: metrics, confusion, error CDF, map, report.md"),
     "export": ("export", "write a checkpoint as a shareable Hugging Face folder (safetensors, config, model card)"),
+    "serve": ("serve", "serve a model over HTTP (LitServe): /predict, /explain, /card, /health and a web page"),
 }
 
 
