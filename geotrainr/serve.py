@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import math
 import os
 import signal
@@ -215,21 +214,12 @@ def model_card(source: str | os.PathLike, model) -> dict:
 
 
 def _provenance(source: str | os.PathLike) -> dict:
-    """``metrics`` and ``data`` of the record behind ``source`` (checkpoint, run folder or exported folder); {} if none."""
-    from geotrainr.checkpoints import read_checkpoint
+    """``metrics`` and ``data`` of the record behind ``source``, read by the one loader's reader; {} if none."""
+    from geotrainr.loading import read_source
 
-    path = Path(source)
-    best = path / "checkpoints" / "best.ckpt"
     try:
-        if path.is_file():
-            record = read_checkpoint(path)["geotrainr"]
-        elif (path / "config.json").is_file():
-            record = json.loads((path / "config.json").read_text(encoding="utf-8"))
-        elif best.is_file():
-            record = read_checkpoint(best)["geotrainr"]
-        else:
-            return {}
-    except (GeotrainrError, OSError, ValueError, KeyError):
+        record = read_source(source).record
+    except GeotrainrError:
         return {}
     return {k: record.get(k) for k in ("metrics", "data") if isinstance(record.get(k), dict)}
 
