@@ -26,6 +26,14 @@ class DeviceError(GeotrainrError, ValueError):
     """A device that does not exist here."""
 
 
+#: how a Locator runs the network: torch (the task model as trained) or onnx (onnxruntime on an exported model.onnx)
+RUNTIMES = ("torch", "onnx")
+
+
+class RuntimeChoiceError(GeotrainrError, ValueError):
+    """A runtime that is not one of :data:`RUNTIMES`."""
+
+
 class _Photos(Dataset):
     """Decodes and transforms photos; a failure is returned, not raised, so the batch goes on."""
 
@@ -83,7 +91,8 @@ class Locator:
     """
 
     def __init__(self, model: nn.Module, device: str | torch.device | None = None):
-        self.device = resolve_device(device)
+        self.runtime: str = getattr(model, "runtime", "torch")
+        self.device = resolve_device("cpu" if self.runtime == "onnx" and device in (None, "auto") else device)
         self.model = model.eval().to(self.device)
         self.kind: str = model.task_kind
         self.countries: list[str] = list(model.countries)
@@ -112,14 +121,26 @@ class Locator:
         return cls(load_exported(name_or_path, kind=kind, **hub_kwargs), device=device)
 
     @classmethod
-    def load(cls, source: str | os.PathLike, device: str | torch.device | None = None, kind: str | None = None) -> Locator:
-        """A checkpoint file, a run folder, an exported folder or a hub repository id, whichever ``source`` is."""
+    def load(cls, source: str | os.PathLike, device: str | torch.device | None = None, kind: str | None = None,
+             runtime: str = "torch") -> Locator:
+        """A checkpoint file, a run folder, an exported folder or a hub repository id, whichever ``source`` is.
+
+        ``runtime="onnx"`` runs the network in onnxruntime on the CPU: ``source`` must then be an exported
+        folder (or Hub id) holding model.onnx (``geotrainr export MODEL --out DIR --format onnx``).
+        """
+        if runtime not in RUNTIMES:
+            raise RuntimeChoiceError(f"unknown runtime {runtime!r} ({' or '.join(RUNTIMES)})")
+        if runtime == "onnx":
+            from geotrainr.onnx_runtime import load_onnx
+
+            return cls(load_onnx(source, kind=kind), device=device)
         from geotrainr.hub import load_any
 
         return cls(load_any(source, kind=kind), device=device)
 
     def __repr__(self) -> str:
-        return f"Locator({self.kind}, {len(self.countries)} countries, {self.preprocessing.image_size} px, {self.device})"
+        runtime = ", onnxruntime" if self.runtime == "onnx" else ""
+        return f"Locator({self.kind}, {len(self.countries)} countries, {self.preprocessing.image_size} px, {self.device}{runtime})"
 
     # --- raw predictions -------------------------------------------------------------------------
 
