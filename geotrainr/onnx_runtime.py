@@ -146,13 +146,16 @@ class OnnxModel:
 
 
 def session_options(threads: int | None = None):
-    """Few-core settings: one intra-op thread per core torch would use, every graph optimisation, sequential."""
+    """Few-core settings: one intra-op thread per core torch would use, every graph optimisation, sequential,
+    and threads that sleep between runs instead of spinning: on a few shared cores a spinning pool takes
+    them from photo decoding (between batches, same process) and from other processes."""
     ort = _import_ort()
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads or torch.get_num_threads()
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3  # errors only: warnings about unused initialisers are noise to users
     return opts
 
