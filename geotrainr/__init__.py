@@ -37,11 +37,14 @@ _API = {
 }
 
 
-def load(source, device=None, kind: str | None = None):
-    """A :class:`~geotrainr.locator.Locator` from a checkpoint file, an exported folder or a Hub repository id."""
+def load(source, device=None, kind: str | None = None, runtime: str = "torch"):
+    """A :class:`~geotrainr.locator.Locator` from a checkpoint file, an exported folder or a Hub repository id.
+
+    ``runtime="onnx"``: onnxruntime on the CPU, from an exported folder with model.onnx (``geotrainr export --format onnx``).
+    """
     from geotrainr.locator import Locator
 
-    return Locator.load(source, device=device, kind=kind)
+    return Locator.load(source, device=device, kind=kind, runtime=runtime)
 
 
 def locate(model, images, top_k: int = 5, **kwargs):

@@ -151,9 +151,28 @@ def model_card(config: dict) -> str:
     return "\n".join(lines)
 
 
-def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, force: bool = False) -> Path:
+#: what ``geotrainr export --format`` writes: the safetensors folder, or that folder and model.onnx too
+EXPORT_FORMATS = ("safetensors", "onnx")
+
+ONNX_CARD = """
+## ONNX
+
+`model.onnx` holds the same network (backbone and heads, dynamic batch axis) for onnxruntime; its
+metadata repeats the classes and preprocessing of `config.json`. geotrainr decodes its outputs as for
+the torch weights: `geotrainr locate THIS_FOLDER photo.jpg --runtime onnx` or
+`geotrainr.load("THIS_FOLDER", runtime="onnx")`.
+"""
+
+
+def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, force: bool = False,
+                 format: str = "safetensors") -> Path:
     """Write a model (a checkpoint, a run folder, an exported folder) as an exported folder, atomically:
-    a half-written folder is never left at ``out``."""
+    a half-written folder is never left at ``out``.
+
+    ``format="onnx"`` adds ``model.onnx`` (:mod:`geotrainr.onnx_runtime`) beside the safetensors.
+    """
+    if format not in EXPORT_FORMATS:
+        raise ExportError(f"unknown export format {format!r} ({' or '.join(EXPORT_FORMATS)})")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ExportError(f"{out}: exists and is not a folder")
@@ -166,10 +185,17 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, force: b
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         ExportedModel(model, {k: artifact.record.get(k) for k in ("metrics", "data")}).save_pretrained(tmp)
+        if format == "onnx":
+            from geotrainr.onnx_runtime import ONNX_NAME, export_onnx
+
+            export_onnx(model, tmp / ONNX_NAME, tmp / WEIGHTS_NAME)
+            with open(tmp / "README.md", "a", encoding="utf-8") as card:
+                card.write(ONNX_CARD)
         replace_folder(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
-__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "ExportedModel", "ExportError", "export_config", "export_model", "model_card"]
+__all__ = ["CONFIG_NAME", "EXPORT_FORMATS", "WEIGHTS_NAME", "ExportedModel", "ExportError", "export_config",
+           "export_model", "model_card"]

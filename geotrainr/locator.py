@@ -27,6 +27,14 @@ class DeviceError(GeotrainrError, ValueError):
     """A device that does not exist here."""
 
 
+#: how a Locator runs the network: torch (the task model as trained) or onnx (onnxruntime on an exported model.onnx)
+RUNTIMES = ("torch", "onnx")
+
+
+class RuntimeChoiceError(GeotrainrError, ValueError):
+    """A runtime that is not one of :data:`RUNTIMES`."""
+
+
 class _Photos(Dataset):
     """Decodes and transforms photos; a failure is returned, not raised, so the batch goes on."""
 
@@ -84,7 +92,8 @@ class Locator:
     """
 
     def __init__(self, model: nn.Module, device: str | torch.device | None = None):
-        self.device = resolve_device(device)
+        self.runtime: str = getattr(model, "runtime", "torch")
+        self.device = resolve_device("cpu" if self.runtime == "onnx" and device in (None, "auto") else device)
         self.model = model.eval().to(self.device)
         self.kind: str = model.task_kind
         self.countries: list[str] = list(model.countries)
@@ -93,7 +102,7 @@ class Locator:
 
     @classmethod
     def load(cls, source: str | os.PathLike, device: str | torch.device | None = None, kind: str | None = None,
-             **hub_kwargs) -> Locator:
+             runtime: str = "torch", **hub_kwargs) -> Locator:
         """A checkpoint file, a run folder, an exported folder or a Hub repository id, through
         :func:`geotrainr.loading.load_model` (no weights download, nothing executed from the file).
 
@@ -101,8 +110,16 @@ class Locator:
             source: what ``geotrainr locate`` takes as MODEL.
             device: ``"cuda"``, ``"cpu"``...; default: the GPU when there is one.
             kind: require this task kind (country, coords, distance, multitask).
+            runtime: ``onnx`` runs the network in onnxruntime on the CPU: ``source`` must then be an exported
+                folder (or Hub id) holding model.onnx (``geotrainr export MODEL --out DIR --format onnx``).
             hub_kwargs: for Hub ids, ``huggingface_hub.hf_hub_download``'s ``revision``, ``token``, ...
         """
+        if runtime not in RUNTIMES:
+            raise RuntimeChoiceError(f"unknown runtime {runtime!r} ({' or '.join(RUNTIMES)})")
+        if runtime == "onnx":
+            from geotrainr.onnx_runtime import load_onnx
+
+            return cls(load_onnx(source, kind=kind, **hub_kwargs), device=device)
         return cls(load_model(source, kind=kind, device="cpu", **hub_kwargs), device=device)
 
     #: the same loader under the names earlier releases used
@@ -110,7 +127,8 @@ class Locator:
     from_pretrained = load
 
     def __repr__(self) -> str:
-        return f"Locator({self.kind}, {len(self.countries)} countries, {self.preprocessing.image_size} px, {self.device})"
+        runtime = ", onnxruntime" if self.runtime == "onnx" else ""
+        return f"Locator({self.kind}, {len(self.countries)} countries, {self.preprocessing.image_size} px, {self.device}{runtime})"
 
     # --- raw predictions -------------------------------------------------------------------------
 

@@ -99,6 +99,7 @@ def evaluate(
     device: str | torch.device | None = None,
     progress: Callable[[int, int], None] | None = None,
     top_k: int = 5,
+    runtime: str = "torch",
 ) -> Evaluation:
     """Run a model over ``split`` of an index and score it with the task's own metrics.
 
@@ -111,13 +112,14 @@ def evaluate(
         device: default: the GPU when there is one.
         progress: called with (images done, total) after each batch.
         top_k: countries listed per record.
+        runtime: torch, or onnx (onnxruntime; an exported folder with model.onnx).
     """
     from geotrainr.data.datamodule import GeoDataModule
     from geotrainr.data.dataset import collate_skip
     from geotrainr.locator import Locator
     from geotrainr.predictions import make_guesses
 
-    loc = checkpoint if isinstance(checkpoint, Locator) else Locator.load(checkpoint, device=device)
+    loc = checkpoint if isinstance(checkpoint, Locator) else Locator.load(checkpoint, device=device, runtime=runtime)
     model = loc.model
     if num_workers is None:
         num_workers = min(4, (os.cpu_count() or 1) // 2)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from geotrainr.artifact import CONFIG_NAME, WEIGHTS_NAME
-from geotrainr.hub import export_model
+from geotrainr.hub import EXPORT_FORMATS, export_model
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
@@ -20,10 +20,14 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
                    "checkpoint) or a folder written by geotrainr export")
     p.add_argument("--out", required=True, help="the folder to write (replaced as a whole, never half-written)")
     p.add_argument("--force", action="store_true", help="replace a folder that already holds files")
+    p.add_argument("--format", choices=EXPORT_FORMATS, default="safetensors",
+                   help="onnx: also write model.onnx, the network for onnxruntime (locate/report --runtime onnx); "
+                   "default: safetensors only")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    out = export_model(args.checkpoint, args.out, force=args.force)
-    print(f"exported {args.checkpoint} to {out}/ ({WEIGHTS_NAME}, {CONFIG_NAME}, README.md)")
+    out = export_model(args.checkpoint, args.out, force=args.force, format=args.format)
+    onnx = ", model.onnx" if args.format == "onnx" else ""
+    print(f"exported {args.checkpoint} to {out}/ ({WEIGHTS_NAME}, {CONFIG_NAME}, README.md{onnx})")
     return 0

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from geotrainr.data.sources.common import parse_columns
 from geotrainr.files import write_text_atomic
-from geotrainr.locator import Locator
+from geotrainr.locator import RUNTIMES, Locator
 from geotrainr.multiview import auto_group_key, group
 from geotrainr.photos import ImageListError, attach_truth, collect_images, match_listing, read_listing
 from geotrainr.predictions import Guess, records_csv, records_json
@@ -55,6 +55,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32, help="photos per forward pass (default 32)")
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: some for large folders)")
     p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:1 ...")
+    p.add_argument("--runtime", choices=RUNTIMES, default="torch",
+                   help="onnx: run the network in onnxruntime on the CPU (faster there); needs a folder written by "
+                   "'geotrainr export MODEL --out DIR --format onnx' (default: torch)")
     p.add_argument("--no-recursive", action="store_true", help="do not search subfolders")
     return p
 
@@ -165,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
     for n in notes:
         _note(n)
 
-    locator = Locator.load(args.checkpoint, device=args.device)
+    locator = Locator.load(args.checkpoint, device=args.device, runtime=args.runtime)
 
     with progress_bar("locate", total=len(files), unit="photo") as bar:
         guesses = locator.locate(files, top_k=args.top_k, batch_size=args.batch_size, num_workers=args.workers,

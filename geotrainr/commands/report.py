@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 from geotrainr.benchmarks import BENCHMARKS
+from geotrainr.locator import RUNTIMES
 from geotrainr.progress import progress_bar
 from geotrainr.report import ReportError, evaluate, metrics_table, write_report
 
@@ -36,6 +37,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: half the CPU cores, at most 4)")
     p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda ...")
+    p.add_argument("--runtime", choices=RUNTIMES, default="torch",
+                   help="onnx: run the network in onnxruntime on the CPU; needs a folder written by "
+                   "'geotrainr export MODEL --out DIR --format onnx' (default: torch)")
     return p
 
 
@@ -78,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
             index = args.index or "demo"
         with progress_bar("report", unit="img") as bar:
             ev = evaluate(args.checkpoint, index=index, split=split, batch_size=args.batch_size, num_workers=args.workers,
-                          device=device, progress=bar.done_of)
+                          device=device, progress=bar.done_of, runtime=args.runtime)
     if args.truth:  # the temporary index is gone: name the listing instead
         ev.index = args.truth
     print_report(ev, write_report(ev, args.out, checkpoint=args.checkpoint))
@@ -108,7 +112,8 @@ def run_benchmark_report(args: argparse.Namespace) -> int:
     device = None if args.device == "auto" else args.device
     with progress_bar(args.benchmark, unit="img") as bar:
         ev = run_benchmark(args.checkpoint, args.benchmark, args.data, images=args.images, columns=parse_columns(args.columns),
-                           batch_size=args.batch_size, num_workers=args.workers, device=device, progress=bar.done_of)
+                           batch_size=args.batch_size, num_workers=args.workers, device=device, progress=bar.done_of,
+                           runtime=args.runtime)
     page = write_report(ev, args.out, checkpoint=args.checkpoint, title=f"geotrainr on {args.benchmark}")
     table = standard_table(ev, args.benchmark, label=Path(str(args.checkpoint)).name or str(args.checkpoint))
     write_text_atomic(Path(args.out) / "benchmark.md", f"# {args.benchmark}: {len(ev.records)} images\n\n{table}\n")

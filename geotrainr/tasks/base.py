@@ -385,6 +385,15 @@ class GeoTask(L.LightningModule):
 
     def predict_latlon(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per image: ``latlon`` (N, 2) and, where the task has them, ``probs`` (N, C)."""
+        return self.decode_outputs(self.raw_outputs(images))
+
+    def raw_outputs(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The network's own outputs for a batch (backbone and heads, no decoding): what an ONNX export computes."""
+        raise NotImplementedError
+
+    def decode_outputs(self, raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """:meth:`raw_outputs` -> :meth:`predict_latlon`'s answer (softmax, centres, cells, anchors): one decoding
+        for the torch and the ONNX runtime."""
         raise NotImplementedError
 
     def update_metrics(self, metrics: dict[str, Metric | MetricCollection], out: dict[str, torch.Tensor], batch: dict) -> None:

@@ -170,8 +170,12 @@ class CoordinateRegressor(GeoTask):
             self.score(stage, self.guess(out), batch)
         return loss
 
-    def predict_latlon(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.guess(self(images))
+    def raw_outputs(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Seed-frame ``coords`` (N, 2) of the linear head, or ``cell_logits`` (N, K)."""
+        return {"coords" if self.head_kind == "linear" else "cell_logits": self(images)}
+
+    def decode_outputs(self, raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.guess(raw["coords" if self.head_kind == "linear" else "cell_logits"])
 
     def update_metrics(self, metrics: dict, out: dict[str, torch.Tensor], batch: dict) -> None:
         metrics["geo"].update(out["latlon"], batch["latlon"])

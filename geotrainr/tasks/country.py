@@ -59,8 +59,11 @@ class CountryClassifier(GeoTask):
         probs = logits.float().softmax(-1)
         return {"probs": probs, "latlon": self.class_centres[probs.argmax(1)]}
 
-    def predict_latlon(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.guess(self(images))
+    def raw_outputs(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"logits": self(images)}
+
+    def decode_outputs(self, raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.guess(raw["logits"])
 
     def update_metrics(self, metrics: dict, out: dict[str, torch.Tensor], batch: dict) -> None:
         target = batch["country"]

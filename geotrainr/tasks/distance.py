@@ -140,8 +140,11 @@ class DistancePredictor(GeoTask):
         d = anchor_distance_deg
         return {"probs": (-d).softmax(-1), "anchor_distance_deg": d, "latlon": self.class_centres[d.argmin(1)]}
 
-    def predict_latlon(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.guess(self.anchor_distances(self(images)))
+    def raw_outputs(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"embedding": self(images)}
+
+    def decode_outputs(self, raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.guess(self.anchor_distances(raw["embedding"]))
 
     def update_metrics(self, metrics: dict, out: dict[str, torch.Tensor], batch: dict) -> None:
         pred = out["anchor_distance_deg"].float()

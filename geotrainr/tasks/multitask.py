@@ -175,8 +175,11 @@ class MultiTaskGeolocator(CoordinateRegressor):
             latlon[:, 1] = torch.maximum(torch.minimum(latlon[:, 1] + offset[:, 1], box[:, 3]), box[:, 2])
         return latlon, probs
 
-    def predict_latlon(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.guess(self.heads(self.features(images)))
+    def raw_outputs(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.heads(self.features(images))
+
+    def decode_outputs(self, raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.guess(raw)
 
     # --- training -------------------------------------------------------------------------------------
 
