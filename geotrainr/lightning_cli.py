@@ -21,7 +21,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
 from geotrainr.config_files import register_parser_mode, resolve_config_args
-from geotrainr.artifact import read_checkpoint
+from geotrainr.artifact import read_checkpoint, read_weights
 from geotrainr.errors import GeotrainrError
 from geotrainr.files import write_text_atomic
 from geotrainr.data.datamodule import GeoDataModule
@@ -38,11 +38,19 @@ class SaveConfig(SaveConfigCallback):
     unpickles it, and so imports this module and registers :data:`PARSER_MODE` before it saves."""
 
 
+#: the file through which Lightning's ddp_spawn hands the trained weights back from its workers
+SPAWN_WEIGHTS = ".temp.ckpt"
+
+
 class GeoCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint reading (resume, ``validate``/``test``/``predict`` with ``ckpt_path``) through
-    :func:`geotrainr.artifact.read_checkpoint`: bounded, ``weights_only``, the record and weights checked."""
+    :func:`geotrainr.artifact.read_checkpoint`: bounded, ``weights_only``, the record and weights checked.
+    Lightning's own ``ddp_spawn`` hand-back of the weights (a plain state dict) is read as bounded and
+    ``weights_only`` too (:func:`geotrainr.artifact.read_weights`)."""
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+        if Path(path).name == SPAWN_WEIGHTS:
+            return read_weights(path)
         return read_checkpoint(path).checkpoint
 
 

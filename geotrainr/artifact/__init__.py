@@ -9,7 +9,7 @@
 Turning an artifact into a model is :func:`geotrainr.loading.load_model`'s (above the tasks).
 """
 
-from geotrainr.artifact.files import Artifact, copy_backbone_weights, read_checkpoint, read_exported
+from geotrainr.artifact.files import Artifact, copy_backbone_weights, read_checkpoint, read_exported, read_weights
 from geotrainr.artifact.record import (
     CONFIG_NAME,
     FORMAT_VERSION,
@@ -22,4 +22,4 @@ from geotrainr.artifact.record import (
 )
 
 __all__ = ["Artifact", "CONFIG_NAME", "FORMAT_VERSION", "TASK_CLASSES", "TASK_KINDS", "WEIGHTS_NAME", "CheckpointError",
-           "check_countries", "copy_backbone_weights", "read_checkpoint", "read_exported", "validate_record"]
+           "check_countries", "copy_backbone_weights", "read_checkpoint", "read_exported", "read_weights", "validate_record"]

@@ -131,15 +131,14 @@ def _check_zip(path: Path, size: int) -> None:
     check_size(path, max(m.file_size for m in pickles), PICKLE_LIMIT, "checkpoint's pickled record")
 
 
-def read_checkpoint(path: str | os.PathLike) -> Artifact:
-    """A checkpoint file, loaded without executing anything, its record, hyper-parameters and weights checked."""
-    path = Path(path)
-    st = regular_file(path, "checkpoint file")
-    check_size(path, st.st_size, WEIGHTS_LIMIT, "checkpoint file")
+def _torch_load(path: Path, what: str) -> Any:
+    """``torch.load(weights_only=True)`` of a bounded, stored-members torch zip; failures are one line."""
+    st = regular_file(path, what)
+    check_size(path, st.st_size, WEIGHTS_LIMIT, what)
     _check_zip(path, st.st_size)
     try:
-        with open_limited(path, WEIGHTS_LIMIT, "checkpoint file") as f:
-            ckpt = torch.load(f, map_location="cpu", weights_only=True)
+        with open_limited(path, WEIGHTS_LIMIT, what) as f:
+            return torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "global" in str(e).lower():  # torch's safe unpickler met a class or function it does not allow
             raise CheckpointError(
@@ -151,6 +150,22 @@ def read_checkpoint(path: str | os.PathLike) -> Artifact:
         raise
     except Exception as e:  # noqa: BLE001 - a damaged file can fail in any of torch's readers
         raise CheckpointError(f"{path}: not a readable checkpoint, truncated or corrupt ({_one_line(e)})") from None
+
+
+def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A plain state dict (named, finite tensors), read as a checkpoint is: what Lightning's ``ddp_spawn`` hands back
+    from its workers in a temporary file."""
+    state = _torch_load(Path(path), "weights file")
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise CheckpointError(f"{path}: not a state dict of named tensors")
+    check_finite(state, str(path))
+    return state
+
+
+def read_checkpoint(path: str | os.PathLike) -> Artifact:
+    """A checkpoint file, loaded without executing anything, its record, hyper-parameters and weights checked."""
+    path = Path(path)
+    ckpt = _torch_load(path, "checkpoint file")
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path}: not a geotrainr checkpoint (a {type(ckpt).__name__}, not a dict)")
     if "geotrainr" not in ckpt:
@@ -251,4 +266,4 @@ def copy_backbone_weights(path: str | os.PathLike, backbone: torch.nn.Module) ->
     return len(source)
 
 
-__all__ = ["Artifact", "check_finite", "copy_backbone_weights", "read_checkpoint", "read_exported", "safetensors_shapes"]
+__all__ = ["Artifact", "check_finite", "copy_backbone_weights", "read_weights", "read_checkpoint", "read_exported", "safetensors_shapes"]
