@@ -178,7 +178,7 @@ def test_runtime_choices(onnx_export):
         Locator.load(onnx_export, kind="coords", runtime="onnx")
 
 
-# --- the other task kinds (each export takes tens of seconds on 2 cores) --------------------------------------------
+# --- the other task kinds (an export takes about 8 s on 2 idle cores, each) --------------------------------------------
 
 
 def _multitask_checkpoint(path: Path) -> Path:
