@@ -171,6 +171,27 @@ def _swap_head_in_graph(folder: Path):
     return geotrainr.load(folder, runtime="onnx")
 
 
+def test_serve_runtime_onnx_answers_what_locate_runtime_onnx_writes(onnx_export, ckpts, real_photos, tmp_path, capsys):
+    pytest.importorskip("requests")
+    pytest.importorskip("litserve")
+    from test_serve import locate_json, post, start_server, stop
+
+    pic = real_photos[0]
+    (want,) = locate_json(onnx_export, [pic.name], pic.parent, capsys, "--runtime", "onnx")
+    proc, url = start_server(onnx_export, "--runtime", "onnx", cwd=tmp_path)
+    try:
+        got = post(url, [(pic.name, pic.read_bytes())])
+        assert got.status_code == 200, got.text
+        assert got.json() == want
+    finally:
+        assert stop(proc) == 0, proc.log.read_text()
+    # a checkpoint has no model.onnx: refused before the server starts, in one line
+    assert main(["serve", str(ckpts["country"]), "--runtime", "onnx"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("geotrainr serve: error: ") and "Traceback" not in err
+    assert "geotrainr export MODEL --out DIR --format onnx" in err
+
+
 def test_runtime_choices(onnx_export):
     with pytest.raises(geotrainr.GeotrainrError, match="unknown runtime"):
         geotrainr.load(onnx_export, runtime="tensorrt")
