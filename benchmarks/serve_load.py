@@ -1,15 +1,17 @@
-"""Load on ``geotrainr serve``: concurrent clients, real photos mixed with hostile uploads, batching on and off.
+"""Load on ``geotrainr serve``: concurrent clients, real photos mixed with hostile uploads, batching on and off, torch and onnxruntime.
 
-Each arm starts ``geotrainr serve MODEL --device cpu --max-batch-size B`` (a fresh server process on a
-free port) and sends ``--requests`` (200) requests from ``--clients`` (16) threads, each with its own
+Each arm starts ``geotrainr serve MODEL --device cpu --max-batch-size B [--runtime onnx]`` (a fresh server
+process on a free port) and sends ``--requests`` (200) requests from ``--clients`` (16) threads, each with its own
 HTTP session. Every ``--hostile-every``-th request (10th) is a hostile upload, in turn: not an image, a
 truncated JPEG, a decompression bomb, a 100 MB body, an empty body. The rest are the real photos, one per
 request. Every good answer is compared with what ``Locator.locate`` (the code behind ``geotrainr
-locate``) gives for that photo in this process, and every hostile one must be its 4xx. Reported per arm:
+locate``) gives for that photo in this process with the arm's runtime, and every hostile one must be its 4xx. Reported per arm:
 requests answered, wrong answers, crashes (a server that stopped answering), p50/p95 latency of the
 photo requests, and their throughput (photos located per second of wall time). Arms alternate per
-round (batched, unbatched, unbatched, batched, ...); the ratio batched / unbatched is per round, then
-the median.
+round, the first arm rotating (batched, unbatched, onnx; unbatched, onnx, batched; ...). Arms: torch with
+``--max-batch-size 1`` (unbatched), torch with ``--batch`` (8, batched), and onnxruntime with the same
+``--batch`` serving the model exported with ``geotrainr export --format onnx`` (same weights). The ratios
+batched / unbatched and onnx / batched are per round, then the median.
 
     python benchmarks/serve_load.py --photos ../shared/realphotos/osv5m/images
     python benchmarks/serve_load.py --quick
@@ -33,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import REPO, append_result, base_parser, interleave, median, photo_files, print_table, rounds, verdict, workdir  # noqa: E402
 
-GOAL = 1.5
+GOAL = 1.5  # torch batched / torch unbatched photos/s
 DEFAULT_PHOTOS = REPO.parent / "shared" / "realphotos" / "osv5m" / "images"
 
 
@@ -126,7 +128,8 @@ def load(url: str, jobs: list, expected: dict, clients: int) -> dict:
 def main() -> None:
     p = base_parser(__doc__.splitlines()[0])
     p.add_argument("--checkpoint", type=Path, default=None, help="a model geotrainr serve takes (default: an untrained "
-                   "country model with the country config's backbone and input, tf_efficientnet_lite0 at 128 px)")
+                   "country model with the country config's backbone and input, tf_efficientnet_lite0 at 128 px); "
+                   "the onnx arm serves it exported with --format onnx (or as it is, a folder with model.onnx)")
     p.add_argument("--photos", type=Path, default=DEFAULT_PHOTOS, help="real photos to send")
     p.add_argument("--requests", type=int, default=None, help="requests per arm and round (default 200, 40 with --quick)")
     p.add_argument("--clients", type=int, default=16, help="concurrent clients")
@@ -142,19 +145,27 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from locate import demo_files, write_checkpoint
 
-    from geotrainr.inference import Locator
+    from geotrainr.hub import export_model
+    from geotrainr.locator import Locator
 
     ckpt = args.checkpoint
     if ckpt is None:
         _, countries = demo_files(1)
         backbone = "test_efficientnet" if q else "tf_efficientnet_lite0"
         ckpt = write_checkpoint(scratch / "model.ckpt", backbone, "lite0-pypi" if not q else None, 64 if q else 128, countries)
-    locator = Locator.load(ckpt, device="cpu")
-    expected = {}
-    for f, g in zip(files, locator.locate(files, num_workers=0)):
-        g.image = f.name
-        expected[f.name] = g.to_dict()
-    del locator
+    exported = ckpt if (Path(ckpt) / "model.onnx").is_file() else scratch / "export"
+    if exported != ckpt:
+        t0 = time.perf_counter()
+        export_model(ckpt, exported, force=True, format="onnx")
+        print(f"exported {exported} (--format onnx) in {time.perf_counter() - t0:.0f} s")
+    expected: dict[str, dict[str, dict]] = {}  # runtime -> photo name -> the record locate gives
+    for runtime, source in (("torch", ckpt), ("onnx", exported)):
+        locator = Locator.load(source, device="cpu", runtime=runtime)
+        expected[runtime] = {}
+        for f, g in zip(files, locator.locate(files, num_workers=0)):
+            g.image = f.name
+            expected[runtime][f.name] = g.to_dict()
+        del locator
     data = {f.name: f.read_bytes() for f in files}
     hostile = hostile_kinds(data[files[0].name])
     jobs, h = [], 0
@@ -168,14 +179,17 @@ def main() -> None:
             jobs.append(("photo", f.name, data[f.name], None))
     print(f"{len(jobs)} requests ({h} hostile) from {args.clients} clients; model {ckpt}; {os.cpu_count()} cores")
 
-    results: dict[str, list[dict]] = {"batched": [], "unbatched": []}
+    arms = {"batched": (ckpt, args.batch, "torch"), "unbatched": (ckpt, 1, "torch"), "onnx": (exported, args.batch, "onnx")}
+    results: dict[str, list[dict]] = {name: [] for name in arms}
 
-    def arm(name: str, batch: int):
+    def arm(name: str):
+        model, batch, runtime = arms[name]
+
         def run(r: int) -> float:
-            proc, url = start(ckpt, batch, 300, args.serve_arg)
+            proc, url = start(model, batch, 300, [*args.serve_arg, "--runtime", runtime])
             try:
-                load(url, jobs[: min(len(jobs), 2 * args.clients)], expected, args.clients)  # warm-up
-                res = load(url, jobs, expected, args.clients)
+                load(url, jobs[: min(len(jobs), 2 * args.clients)], expected[runtime], args.clients)  # warm-up
+                res = load(url, jobs, expected[runtime], args.clients)
             finally:
                 proc.send_signal(signal.SIGTERM)
                 try:
@@ -192,26 +206,33 @@ def main() -> None:
 
         return run
 
-    rates = interleave({"batched": arm("batched", args.batch), "unbatched": arm("unbatched", 1)}, rounds(args))
+    rates = interleave({name: arm(name) for name in arms}, rounds(args))
     ratios = [a / b for a, b in zip(rates["batched"], rates["unbatched"])]
     ratio = median(ratios)
+    onnx_ratios = [a / b for a, b in zip(rates["onnx"], rates["batched"])]
+    onnx_ratio = median(onnx_ratios)
     rows = []
-    figures: dict = {"ratio": ratio, "ratios": ratios, "goal": GOAL, "goal_met": ratio >= GOAL}
-    for name, batch in (("batched", args.batch), ("unbatched", 1)):
+    figures: dict = {"ratio": ratio, "ratios": ratios, "goal": GOAL, "goal_met": ratio >= GOAL,
+                     "onnx_ratio": onnx_ratio, "onnx_ratios": onnx_ratios}
+    label = {"batched": f"torch, max-batch-size {args.batch}", "unbatched": "torch, max-batch-size 1",
+             "onnx": f"onnx, max-batch-size {args.batch}"}
+    versus = {"batched": f"{ratio:.2f}x unbatched", "unbatched": "1", "onnx": f"{onnx_ratio:.2f}x torch batched"}
+    for name in ("unbatched", "batched", "onnx"):
         runs = results[name]
         fig = {k: median([r[k] for r in runs]) for k in ("photos_per_s", "p50_ms", "p95_ms")}
         fig.update(wrong=sum(r["wrong"] for r in runs), crashes=sum(r["crashes"] for r in runs),
                    answered=sum(r["answered"] for r in runs), requests=sum(r["requests"] for r in runs),
                    problems=[p for r in runs for p in r["problems"]][:5], runs=runs)
         figures[name] = fig
-        rows.append([f"max-batch-size {batch}", f"{fig['answered']}/{fig['requests']}", fig["wrong"], fig["crashes"],
-                     fig["p50_ms"], fig["p95_ms"], fig["photos_per_s"], ratio if name == "batched" else 1.0])
-    print_table(["server", "answered", "wrong", "crashes", "p50 ms", "p95 ms", "photos/s", "x unbatched"], rows,
+        rows.append([label[name], f"{fig['answered']}/{fig['requests']}", fig["wrong"], fig["crashes"],
+                     fig["p50_ms"], fig["p95_ms"], fig["photos_per_s"], versus[name]])
+    print_table(["server", "answered", "wrong", "crashes", "p50 ms", "p95 ms", "photos/s", "ratio"], rows,
                 title=f"geotrainr serve under load: {n} requests, {args.clients} clients, every {args.hostile_every}th hostile; "
                 f"goal batched >= {GOAL}x: {verdict(ratio, GOAL)}")
     settings = {"checkpoint": str(args.checkpoint) if args.checkpoint else "untrained country model (Lite0, 128 px)",
                 "photos": str(args.photos), "n_photos": len(files), "requests": n, "clients": args.clients,
                 "hostile_every": args.hostile_every, "batch": args.batch, "serve_args": args.serve_arg,
+                "onnx_model": "the same model, geotrainr export --format onnx" if exported != ckpt else str(exported),
                 "rounds": rounds(args), "quick": q}
     append_result(args.results, "serve_load", settings, figures)
 

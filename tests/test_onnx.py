@@ -171,6 +171,53 @@ def _swap_head_in_graph(folder: Path):
     return geotrainr.load(folder, runtime="onnx")
 
 
+def test_serve_runtime_onnx_answers_what_locate_runtime_onnx_writes(onnx_export, ckpts, real_photos, tmp_path, capsys):
+    pytest.importorskip("requests")
+    pytest.importorskip("litserve")
+    from test_serve import locate_json, post, start_server, stop
+
+    pic = real_photos[0]
+    (want,) = locate_json(onnx_export, [pic.name], pic.parent, capsys, "--runtime", "onnx")
+    proc, url = start_server(onnx_export, "--runtime", "onnx", cwd=tmp_path)
+    try:
+        got = post(url, [(pic.name, pic.read_bytes())])
+        assert got.status_code == 200, got.text
+        assert got.json() == want
+        # the record is rounded alike in both runtimes: that onnxruntime answered shows in the worker's libraries
+        if Path("/proc/self/maps").is_file():
+            assert any("onnxruntime" in maps for maps in _descendant_maps(proc.pid)), "no inference worker runs onnxruntime"
+    finally:
+        assert stop(proc) == 0, proc.log.read_text()
+    # a checkpoint has no model.onnx: refused before the server starts, in one line
+    assert main(["serve", str(ckpts["country"]), "--runtime", "onnx"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("geotrainr serve: error: ") and "Traceback" not in err
+    assert "geotrainr export MODEL --out DIR --format onnx" in err
+
+
+def _descendant_maps(pid: int) -> list[str]:
+    """/proc/PID/maps of the processes started under ``pid`` (the server's spawned workers), not of ``pid`` itself."""
+    parents = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                parents[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    tree, grew = {pid}, True
+    while grew:
+        new = {c for c, pp in parents.items() if pp in tree and c not in tree}
+        tree |= new
+        grew = bool(new)
+    out = []
+    for child in tree - {pid}:
+        try:
+            out.append(Path(f"/proc/{child}/maps").read_text())
+        except OSError:
+            continue
+    return out
+
+
 def test_runtime_choices(onnx_export):
     with pytest.raises(geotrainr.GeotrainrError, match="unknown runtime"):
         geotrainr.load(onnx_export, runtime="tensorrt")
