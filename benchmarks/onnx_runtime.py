@@ -76,14 +76,6 @@ def agreement(torch_locator, onnx_locator, files: list[Path]) -> dict:
     return {"photos": len(files), "same_top1": same, "max_prob_diff": diff}
 
 
-def serve_arms(folder: Path, files: list[Path], args) -> dict[str, Callable[[int], float]]:
-    """Images/s of ``geotrainr serve`` under load per runtime, batching on and off: ``{arm name: rate(round)}``.
-
-    Plugged in with the serve verb (its load client, the same ``folder`` and ``files``); until then, none.
-    """
-    return {}
-
-
 def main() -> None:
     p = base_parser(__doc__.splitlines()[0])
     p.add_argument("--photos", type=Path, default=None,
@@ -138,8 +130,6 @@ def main() -> None:
         "locate": lambda r: locate_rate(on_torch, located, args.batch_size, None),
         "locate --runtime onnx": lambda r: locate_rate(on_onnx, located, args.batch_size, None),
     }
-    extra = serve_arms(folder, located, args)
-    arms.update(extra)
     results = interleave(arms, rounds(args))
 
     b = args.batch_size
@@ -157,7 +147,6 @@ def main() -> None:
         ["locate", "onnx", median(results["locate --runtime onnx"]), locate_ratio,
          f"{verdict(locate_ratio, LOCATE_GOAL)} (>= {LOCATE_GOAL}, x torch locate)"],
     ]
-    rows += [["serve", name, median(v), "", ""] for name, v in results.items() if name in extra]
     print_table(["path", "runtime", "images/s", "x torch batched", "goal"], rows,
                 title=f"{on_torch.kind} model, {backbone}, {size} px, {torch.get_num_threads()} threads, batch {b}")
     same = agree["same_top1"] == agree["photos"] and agree["max_prob_diff"] <= 1e-4
