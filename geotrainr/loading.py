@@ -55,21 +55,22 @@ def read_source(source: str | os.PathLike, **hub_kwargs) -> Artifact:
     if os.path.lexists(path) or path.suffix == ".ckpt":
         return read_checkpoint(path)
     if HUB_ID.match(str(source)):
-        return read_exported(_hub_snapshot(str(source), **hub_kwargs), where=str(source))
+        return read_exported(hub_snapshot(str(source), **hub_kwargs), where=str(source))
     raise CheckpointError(f"{source}: not a checkpoint file, an exported model folder or a Hub repository id (org/name)")
 
 
-def _hub_snapshot(repo_id: str, **hub_kwargs) -> Path:
-    """The local folder of a Hub repository's exported files (downloaded, or from the cache when offline)."""
+def hub_snapshot(repo_id: str, names: tuple[str, ...] = (CONFIG_NAME, WEIGHTS_NAME),
+                 error: type[CheckpointError] = CheckpointError, **hub_kwargs) -> Path:
+    """The local folder of a Hub repository's exported files ``names`` (downloaded, or from the cache when offline)."""
     from huggingface_hub import hf_hub_download
 
     try:
-        files = [Path(hf_hub_download(repo_id=repo_id, filename=name, **hub_kwargs)) for name in (CONFIG_NAME, WEIGHTS_NAME)]
+        files = [Path(hf_hub_download(repo_id=repo_id, filename=name, **hub_kwargs)) for name in names]
     except Exception as e:  # noqa: BLE001 - hub, network and cache errors all mean "cannot get it"
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CheckpointError(f"{repo_id}: cannot load it from the Hugging Face Hub or its cache ({type(e).__name__}: {first[:200]})") from None
-    if files[0].parent != files[1].parent:
-        raise CheckpointError(f"{repo_id}: its {CONFIG_NAME} and {WEIGHTS_NAME} come from different revisions")
+        raise error(f"{repo_id}: cannot load it from the Hugging Face Hub or its cache ({type(e).__name__}: {first[:200]})") from None
+    if len({f.parent for f in files}) != 1:
+        raise error(f"{repo_id}: its {', '.join(names)} come from different revisions")
     return files[0].parent
 
 
@@ -177,5 +178,5 @@ def load_model(source: str | os.PathLike, kind: str | None = None, device: str |
     return build_model(artifact).to(device)
 
 
-__all__ = ["RUN_BEST", "TRAINING_ONLY", "build_model", "class_path", "load_model", "offline_backbone", "read_source",
+__all__ = ["RUN_BEST", "TRAINING_ONLY", "build_model", "class_path", "hub_snapshot", "load_model", "offline_backbone", "read_source",
            "task_arguments", "task_class"]

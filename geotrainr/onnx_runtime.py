@@ -262,16 +262,12 @@ def _folder_files(source: str, hub_kwargs: dict) -> tuple[Path, Path, Path]:
         if not (path / ONNX_NAME).exists():
             raise _needs_export(source, f"no {ONNX_NAME} in this folder")
         return path / CONFIG_NAME, path / WEIGHTS_NAME, path / ONNX_NAME
-    if source.count("/") != 1:
-        raise OnnxError(f"{source}: not an exported model folder or a Hub repository id (org/name)")
-    from huggingface_hub import hf_hub_download
+    from geotrainr.loading import HUB_ID, hub_snapshot
 
-    try:
-        return tuple(Path(hf_hub_download(repo_id=source, filename=f, **hub_kwargs)) for f in (CONFIG_NAME, WEIGHTS_NAME, ONNX_NAME))
-    except Exception as e:  # noqa: BLE001 - hub, network and cache errors all mean "cannot get it"
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise OnnxError(f"{source}: cannot get {CONFIG_NAME}, {WEIGHTS_NAME} and {ONNX_NAME} from the Hugging Face Hub "
-                        f"or its cache ({type(e).__name__}: {first})") from None
+    if not HUB_ID.match(source):
+        raise OnnxError(f"{source}: not an exported model folder or a Hub repository id (org/name)")
+    folder = hub_snapshot(source, (CONFIG_NAME, WEIGHTS_NAME, ONNX_NAME), OnnxError, **hub_kwargs)
+    return folder / CONFIG_NAME, folder / WEIGHTS_NAME, folder / ONNX_NAME
 
 
 def load_onnx(source: str | os.PathLike, kind: str | None = None, threads: int | None = None, **hub_kwargs) -> OnnxModel:
@@ -282,8 +278,6 @@ def load_onnx(source: str | os.PathLike, kind: str | None = None, threads: int |
 
     source = str(source)
     config_file, weights_file, onnx_file = _folder_files(source, hub_kwargs)
-    if config_file.parent != weights_file.parent:
-        raise OnnxError(f"{source}: its {CONFIG_NAME} and {WEIGHTS_NAME} come from different revisions")
     task = build_model(read_exported(config_file.parent, where=source))
     if kind is not None and task.task_kind != kind:
         raise OnnxError(f"{source}: a {task.task_kind} model, but a {kind} model is needed")
