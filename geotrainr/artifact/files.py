@@ -133,8 +133,7 @@ def _check_zip(path: Path, size: int) -> None:
 
 def _torch_load(path: Path, what: str) -> Any:
     """``torch.load(weights_only=True)`` of a bounded, stored-members torch zip; failures are one line."""
-    st = regular_file(path, what)
-    check_size(path, st.st_size, WEIGHTS_LIMIT, what)
+    st = regular_file(path, what, WEIGHTS_LIMIT)
     _check_zip(path, st.st_size)
     try:
         with open_limited(path, WEIGHTS_LIMIT, what) as f:
@@ -185,8 +184,7 @@ def read_checkpoint(path: str | os.PathLike) -> Artifact:
 
 def safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     """Tensor shapes from a safetensors header, checked against the file's size before any tensor is read."""
-    st = regular_file(path, WEIGHTS_NAME)
-    check_size(path, st.st_size, WEIGHTS_LIMIT, "weights file")
+    st = regular_file(path, WEIGHTS_NAME, WEIGHTS_LIMIT)
     with open_limited(path, WEIGHTS_LIMIT, WEIGHTS_NAME) as f:
         head = f.read(8)
         if len(head) < 8:

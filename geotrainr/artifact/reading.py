@@ -12,7 +12,7 @@ from functools import partial
 from geotrainr import files
 from geotrainr.artifact.record import CheckpointError
 
-KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
+MIB, GIB = 1 << 20, 1 << 30
 #: config.json of an exported model: its record, hyper-parameters and geocells (a few MB for 10^4 cells)
 CONFIG_LIMIT = 64 * MIB
 #: a checkpoint or weights file: the largest timm backbones with optimiser states stay well below it
