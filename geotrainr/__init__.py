@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.1.0"
+from geotrainr.version import __version__
 
 #: public name -> module it lives in
 _API = {

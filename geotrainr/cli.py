@@ -12,7 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from geotrainr import __version__
+from geotrainr.version import __version__
 from geotrainr.errors import GeotrainrError
 
 LIGHTNING_VERBS = {

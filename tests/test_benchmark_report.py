@@ -8,7 +8,7 @@ import math
 import pandas as pd
 import pytest
 
-from geotrainr.benchmarks import PUBLISHED, STANDARD_COLUMNS
+from geotrainr.benchmarking import PUBLISHED, STANDARD_COLUMNS
 from geotrainr.cli import main
 from geotrainr.geo import geoscore, great_circle_error_km
 from geotrainr.predictions import RECORD_FIELDS

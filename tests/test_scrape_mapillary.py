@@ -25,7 +25,7 @@ from geotrainr.cli import main
 from geotrainr.data.index import read_index, validate_index
 from geotrainr.data.scrape import ImageSpec, RetryPolicy, read_geonames, sample_places
 from geotrainr.data.scrape.backends import HttpBackend
-from geotrainr.data.scrape.errors import InvalidAnswer
+from geotrainr.data.scrape.exceptions import InvalidAnswer
 from geotrainr.data.scrape.mapillary import (
     LICENCE,
     MapillaryClient,

@@ -3,13 +3,13 @@
 - :mod:`geotrainr.artifact.record`: the ``geotrainr`` record (format version, task kind, class list,
   backbone, preprocessing, geocells) and its schema, checked before anything is built from it;
 - :mod:`geotrainr.artifact.reading`: bounded reading: regular files only, a size limit per kind of file;
-- :mod:`geotrainr.artifact.files`: a checkpoint (``.ckpt``) or an exported folder (``config.json`` +
+- :mod:`geotrainr.artifact.storage`: a checkpoint (``.ckpt``) or an exported folder (``config.json`` +
   ``model.safetensors``) read into one :class:`Artifact`.
 
 Turning an artifact into a model is :func:`geotrainr.loading.load_model`'s (above the tasks).
 """
 
-from geotrainr.artifact.files import Artifact, copy_backbone_weights, read_checkpoint, read_exported, read_weights
+from geotrainr.artifact.storage import Artifact, copy_backbone_weights, read_checkpoint, read_exported, read_weights
 from geotrainr.artifact.record import (
     CONFIG_NAME,
     FORMAT_VERSION,

@@ -25,7 +25,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from geotrainr.data.export import export_dataset
+    from geotrainr.data.hf_export import export_dataset
     from geotrainr.data.index import read_index
 
     total = len(read_index(args.index, columns=["lat"]))

@@ -18,7 +18,7 @@ from geotrainr.data.sources.common import parse_columns
 from geotrainr.files import write_text_atomic
 from geotrainr.locator import RUNTIMES, Locator
 from geotrainr.multiview import auto_group_key, group
-from geotrainr.photos import ImageListError, attach_truth, collect_images, match_listing, read_listing
+from geotrainr.listing import ImageListError, attach_truth, collect_images, match_listing, read_listing
 from geotrainr.predictions import Guess, records_csv, records_json
 from geotrainr.progress import progress_bar
 

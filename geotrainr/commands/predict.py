@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from geotrainr.photos import ImageListError
+from geotrainr.listing import ImageListError
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     from geotrainr.data.photos import PhotoDataModule
     from geotrainr.loading import load_model
-    from geotrainr.photos import collect_images
+    from geotrainr.listing import collect_images
     from geotrainr.predictions import PredictionWriter
 
     if args.top_k < 1 or args.batch_size < 1 or args.workers < 0:

@@ -6,7 +6,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from geotrainr.benchmarks import BENCHMARKS
+from geotrainr.benchmarking import BENCHMARKS
 from geotrainr.locator import RUNTIMES
 from geotrainr.progress import progress_bar
 from geotrainr.report import ReportError, evaluate, metrics_table, write_report
@@ -103,7 +103,7 @@ def print_report(ev, page) -> None:
 
 def run_benchmark_report(args: argparse.Namespace) -> int:
     """``--benchmark``: the usual report, plus ``benchmark.md`` with the standard table and published figures."""
-    from geotrainr.benchmarks import run_benchmark, standard_table
+    from geotrainr.benchmarking import run_benchmark, standard_table
     from geotrainr.data.sources import parse_columns
     from geotrainr.files import write_text_atomic
 

@@ -9,7 +9,7 @@ from geotrainr.commands.yaml_config import YamlConfigParser
 from geotrainr.countries import resolve_countries
 from geotrainr.data.scrape.backends import CHROME_BINARY, CHROMEDRIVER
 from geotrainr.data.scrape.client import GOOGLE_API_URL, KEY_ENV, SECRET_ENV, ImageSpec, RetryPolicy, parse_size
-from geotrainr.data.scrape.errors import ScrapeError
+from geotrainr.data.scrape.exceptions import ScrapeError
 from geotrainr.data.scrape.mapillary import MAPILLARY_API_URL, TOKEN_ENV
 from geotrainr.data.scrape.run import ScrapeConfig, Scraper
 

@@ -254,7 +254,7 @@ class GeoDataModule(L.LightningDataModule):
     def describe(self) -> dict:
         """What a model card says of the training data: index, images per split, sources, licences, attribution."""
         from geotrainr.data.demo import is_demo_name
-        from geotrainr.hub import KNOWN_SOURCES
+        from geotrainr.data.licences import KNOWN_SOURCES
 
         if self.packed is not None:
             return self._describe_packed(KNOWN_SOURCES)

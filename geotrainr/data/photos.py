@@ -36,7 +36,7 @@ class PhotoDataModule(L.LightningDataModule):
     """Photo files for ``predict``; the model's own preprocessing decodes them.
 
     Args:
-        files: the photos, in output order (see :func:`geotrainr.photos.collect_images` for folders).
+        files: the photos, in output order (see :func:`geotrainr.listing.collect_images` for folders).
         preprocessing: the model's (it travels in the checkpoint).
         batch_size: photos per forward pass.
         num_workers: decoding processes.

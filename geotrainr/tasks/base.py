@@ -11,7 +11,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torchmetrics import Metric, MetricCollection
 
-from geotrainr import __version__
+from geotrainr.version import __version__
 from geotrainr.artifact import FORMAT_VERSION, check_countries, copy_backbone_weights
 from geotrainr.countries import centres, class_list
 from geotrainr.errors import GeotrainrError

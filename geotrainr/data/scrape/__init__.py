@@ -8,7 +8,7 @@ resumable, ``run`` ties them together. The command is ``geotrainr scrape``.
 """
 
 from geotrainr.data.scrape.client import Budget, Credentials, ImageSpec, RetryPolicy, StreetViewClient, sign_url
-from geotrainr.data.scrape.errors import (
+from geotrainr.data.scrape.exceptions import (
     BackendError,
     RequestDeniedError,
     RetriesExhaustedError,

@@ -28,8 +28,8 @@ from collections.abc import Mapping
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from geotrainr import __version__
-from geotrainr.data.scrape.errors import BackendError, ResponseTooLarge, TransportError
+from geotrainr.version import __version__
+from geotrainr.data.scrape.exceptions import BackendError, ResponseTooLarge, TransportError
 
 USER_AGENT = f"geotrainr/{__version__} (+street view dataset collection)"
 #: Body limit of a request unless the caller gives one.

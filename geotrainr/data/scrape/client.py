@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit
 
 from geotrainr.data.scrape.backends import Backend, Response
-from geotrainr.data.scrape.errors import (
+from geotrainr.data.scrape.exceptions import (
     BudgetReached,
     InvalidAnswer,
     RequestDeniedError,

@@ -34,7 +34,7 @@ from geotrainr.data.scrape.client import (
     _Retry,
     _retry_after,
 )
-from geotrainr.data.scrape.errors import (
+from geotrainr.data.scrape.exceptions import (
     InvalidAnswer,
     RequestDeniedError,
     ScrapeError,

@@ -17,7 +17,7 @@ import re
 import warnings
 from dataclasses import dataclass
 
-from geotrainr.data.scrape.errors import InvalidAnswer, TornImage
+from geotrainr.data.scrape.exceptions import InvalidAnswer, TornImage
 
 #: Longest pano_id accepted from a server (Google's are 22 characters); longer ones are hashed in file names.
 MAX_PANO_ID = 512

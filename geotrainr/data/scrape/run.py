@@ -30,7 +30,7 @@ from geotrainr.data.scrape.client import (
     RetryPolicy,
     StreetViewClient,
 )
-from geotrainr.data.scrape.errors import (
+from geotrainr.data.scrape.exceptions import (
     BudgetReached,
     InvalidAnswer,
     RequestDeniedError,

@@ -139,7 +139,7 @@ def fill_countries(df: pd.DataFrame, label: pd.Series) -> tuple[pd.DataFrame, li
     country = df["country"].map(lambda c: c.strip().upper() if isinstance(c, str) and c.strip() else None)
     need = ~country.isin(known).to_numpy()
     if need.any():
-        from geotrainr.places import reverse_country
+        from geotrainr.gazetteer import reverse_country
 
         country = np.array(country, dtype=object)  # a writable copy
         country[need] = reverse_country(df["lat"].to_numpy(float)[need], df["lon"].to_numpy(float)[need])
@@ -280,7 +280,7 @@ def read_csv_source(src: str | os.PathLike, index_dir: str | os.PathLike, column
         df["country"] = pd.NA
     missing = df["country"].isna().to_numpy()
     if missing.any():
-        from geotrainr.places import reverse_country
+        from geotrainr.gazetteer import reverse_country
 
         ok = missing & df["lat"].between(-90, 90).to_numpy() & df["lon"].between(-180, 180).to_numpy()
         if ok.any():
