@@ -45,7 +45,8 @@ def synthetic_rows(n: int, seed: int = 0):
 
 def arm_library(n: int, folder: Path) -> dict:
     """Index steps with only the index module imported (as ``geotrainr index`` runs), then the training-side open."""
-    from geotrainr.data.index import assign_splits, validate_index, write_index
+    from geotrainr.data.splits import assign_splits
+    from geotrainr.data.index import validate_index, write_index
 
     steps: dict[str, float] = {}
     rss = {"after_imports": peak_rss_mib()}  # pandas, pyarrow and what geotrainr.data.index pulls in

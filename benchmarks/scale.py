@@ -43,7 +43,8 @@ def build(folder: Path, rows: int, jpegs: list[Path], workers: int) -> dict:
     import pandas as pd
 
     from geotrainr.data.index import write_index
-    from geotrainr.data.shards import MANIFEST, pack
+    from geotrainr.data.packed.manifest import PACK_MANIFEST as MANIFEST
+    from geotrainr.data.packed.pack import pack
 
     folder.mkdir(parents=True, exist_ok=True)
     stamp = folder / "built.json"

@@ -65,7 +65,7 @@ def read_listing(csv_path: str | os.PathLike, columns: dict[str, str] | None = N
     """
     import pandas as pd
 
-    from geotrainr.data.index import IndexValidationError
+    from geotrainr.data.schema import IndexValidationError
     from geotrainr.data.sources.common import apply_columns
 
     csv_path = Path(csv_path)

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from geotrainr.data.index import assign_splits, write_index
+from geotrainr.data.splits import assign_splits
+from geotrainr.data.index import write_index
 
 # A few real places: (country, lat, lon).
 PLACES = [

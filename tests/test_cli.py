@@ -60,6 +60,6 @@ def test_an_error_from_a_loader_worker_is_one_line():
 
     wrapped = ("Caught PackError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
                '  File "x.py", line 1, in f\n    raise PackError(...)\n'
-               "geotrainr.data.shards.PackError: s3://bucket/set/part-00000.parquet: cannot be read (connection reset)\n")
+               "geotrainr.data.packed.location.PackError: s3://bucket/set/part-00000.parquet: cannot be read (connection reset)\n")
     assert one_line(wrapped) == "s3://bucket/set/part-00000.parquet: cannot be read (connection reset)"
     assert one_line("index.parquet: no such index file or folder") == "index.parquet: no such index file or folder"

@@ -19,7 +19,9 @@ from conftest import build_tiny_index, make_image
 from PIL import Image
 
 from geotrainr.cli import main
-from geotrainr.data.index import IMAGE_ROOT_KEY, PACK_MANIFEST, PACK_PARTIAL, read_index, write_index
+from geotrainr.data.schema import IMAGE_ROOT_KEY
+from geotrainr.data.packed.manifest import PACK_MANIFEST, PACK_PARTIAL
+from geotrainr.data.index import read_index, write_index
 from geotrainr.data.trust import MAX_IMAGE_BYTES, outside_reason
 
 

@@ -37,7 +37,7 @@ def test_demo_data_command_prints_index_path(demo_index, capsys):
 def test_relief_set_is_another_source_with_its_own_places_and_blocks(tmp_path, monkeypatch, capsys):
     """The second evaluation set: another imagery file, another seed's places, a 200 km block split."""
     from geotrainr.data.demo import SOURCES, DemoDataError
-    from geotrainr.data.datamodule import resolve_index
+    from geotrainr.data.demo import resolve_index
 
     monkeypatch.setenv("GEOTRAINR_DEMO_DIR", str(tmp_path / "demo"))
     assert main(["demo-data", "--source", "relief", "--per-country", "6", "--quiet"]) == 0

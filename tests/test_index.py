@@ -6,14 +6,9 @@ import pytest
 
 from conftest import make_image
 from geotrainr.cli import main
-from geotrainr.data.index import (
-    IndexValidationError,
-    assign_splits,
-    block_cells,
-    read_index,
-    validate_index,
-    write_index,
-)
+from geotrainr.data.schema import IndexValidationError
+from geotrainr.data.splits import assign_splits, block_cells
+from geotrainr.data.index import read_index, validate_index, write_index
 
 
 def seed_folder(tmp_path, n=12):

@@ -23,7 +23,9 @@ boto3 = pytest.importorskip("boto3")
 moto_server = pytest.importorskip("moto.server")
 
 from geotrainr.cli import main  # noqa: E402
-from geotrainr.data.shards import PackedSet, PackError, pack  # noqa: E402
+from geotrainr.data.packed.location import PackError  # noqa: E402
+from geotrainr.data.packed.pack import pack  # noqa: E402
+from geotrainr.data.packed.reader import PackedSet  # noqa: E402
 
 from conftest import build_tiny_index  # noqa: E402
 

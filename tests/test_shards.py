@@ -18,9 +18,13 @@ from PIL import Image
 
 from geotrainr.cli import main
 from geotrainr.data import GeoDataModule
-from geotrainr.data import shards
-from geotrainr.data.index import IndexValidationError, read_index, write_index
-from geotrainr.data.shards import PackError, PackedSet, ShardStream, batch_bounds, batches_per_rank, pack
+from geotrainr.data.packed import manifest as pack_manifest, pack as packing
+from geotrainr.data.schema import IndexValidationError
+from geotrainr.data.index import read_index, write_index
+from geotrainr.data.packed.location import PackError
+from geotrainr.data.packed.pack import pack
+from geotrainr.data.packed.reader import PackedSet
+from geotrainr.data.packed.stream import ShardStream, batch_bounds, batches_per_rank
 from geotrainr.tasks import CountryClassifier
 
 from conftest import SIX, build_tiny_index, make_image
@@ -45,9 +49,9 @@ def test_pack_keeps_every_row_and_image_and_is_an_index(tmp_path, packed):
         got = by_origin.loc[row.image_path]
         assert got["image"] == (tmp_path / "src" / row.image_path).read_bytes()  # no re-encoding asked: the same bytes
         assert (got["lat"], got["lon"], got["country"], got["split"]) == (row.lat, row.lon, row.country, row.split)
-    manifest = json.loads((packed / shards.MANIFEST).read_text())
+    manifest = json.loads((packed / pack_manifest.PACK_MANIFEST).read_text())
     assert manifest["splits"] == {"train": 45, "val": 15, "test": 0}
-    assert sum(sum(s["row_groups"]) for s in manifest["shards"]) == 60 and not (packed / shards.PARTIAL).exists()
+    assert sum(sum(s["row_groups"]) for s in manifest["shards"]) == 60 and not (packed / pack_manifest.PACK_PARTIAL).exists()
     # rows are stored split by split
     assert list(out["split"]) == sorted(out["split"], key=["train", "val", "test"].index)
 
@@ -86,7 +90,7 @@ def test_pack_reads_zip_members_and_embedded_bytes(tmp_path):
 
 def test_interrupted_pack_is_refused_then_resumed(tmp_path, monkeypatch):
     index = build_tiny_index(tmp_path / "src", n=36)
-    real, calls = shards._write_shard, []
+    real, calls = packing._write_shard, []
 
     def dies_after_two(job):
         if len(calls) == 2:
@@ -94,11 +98,11 @@ def test_interrupted_pack_is_refused_then_resumed(tmp_path, monkeypatch):
         calls.append(job[0])
         return real(job)
 
-    monkeypatch.setattr(shards, "_write_shard", dies_after_two)
+    monkeypatch.setattr(packing, "_write_shard", dies_after_two)
     with pytest.raises(KeyboardInterrupt):
         pack(index, tmp_path / "p", rows_per_group=4, groups_per_shard=2, workers=1)
     out = tmp_path / "p"
-    assert (out / shards.PARTIAL).exists() and not (out / shards.MANIFEST).exists()
+    assert (out / pack_manifest.PACK_PARTIAL).exists() and not (out / pack_manifest.PACK_MANIFEST).exists()
     assert not list(out.glob(".*tmp"))  # no half-written shard left behind
     with pytest.raises(IndexValidationError, match="unfinished pack"):
         read_index(out)
@@ -106,7 +110,7 @@ def test_interrupted_pack_is_refused_then_resumed(tmp_path, monkeypatch):
         GeoDataModule(str(out))
     with pytest.raises(PackError, match="other settings"):
         pack(index, out, rows_per_group=4, groups_per_shard=2, max_side=32)
-    monkeypatch.setattr(shards, "_write_shard", real)
+    monkeypatch.setattr(packing, "_write_shard", real)
     result = pack(index, out, rows_per_group=4, groups_per_shard=2, workers=1)
     assert (result.reused, result.written, result.rows) == (2, result.shards - 2, 36)
     assert len(read_index(out)) == 36 and sorted(read_index(out)["origin"]) == sorted(read_index(index)["image_path"])

@@ -327,7 +327,7 @@ def four_views(n_places: int = 200, seed: int = 0) -> pd.DataFrame:
 
 
 def test_default_split_keeps_views_of_a_place_together():
-    from geotrainr.data.index import assign_splits, location_groups, straddling_groups
+    from geotrainr.data.splits import assign_splits, location_groups, straddling_groups
 
     df = four_views()
     random = assign_splits(df, "random", val=0.2, seed=0)

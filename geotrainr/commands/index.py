@@ -7,20 +7,12 @@ import io
 import sys
 from pathlib import Path
 
-from geotrainr.data.index import (
-    PLACE_RADIUS_M,
-    IndexValidationError,
-    assign_splits,
-    check_image_headers,
-    check_split_settings,
-    image_label,
-    straddling_groups,
-    summarize,
-    validate_index,
-    write_index,
-)
+from geotrainr.data.splits import PLACE_RADIUS_M, assign_splits, check_split_settings, straddling_groups
+from geotrainr.data.schema import IndexValidationError, image_label
+from geotrainr.data.image_files import check_image_headers
+from geotrainr.data.index import summarize, validate_index, write_index
 from geotrainr.data.sources import FORMATS, SourceRows, parse_columns, reader
-from geotrainr.data.sources.common import read_folder
+from geotrainr.data.sources.folders import read_folder
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:

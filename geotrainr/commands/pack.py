@@ -32,7 +32,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from geotrainr.data.shards import pack
+    from geotrainr.data.packed.pack import pack
     from geotrainr.progress import progress_bar
 
     workers = args.workers if args.workers is not None else (os.cpu_count() or 1)

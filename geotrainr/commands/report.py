@@ -69,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
     device = None if args.device == "auto" else args.device
     with tempfile.TemporaryDirectory(prefix="geotrainr-report-") as tmp:
         if args.truth:
-            from geotrainr.data.index import index_from_csv, validate_index, write_index
+            from geotrainr.data.sources.folders import index_from_csv
+            from geotrainr.data.index import validate_index, write_index
 
             from geotrainr.data.sources import parse_columns
 

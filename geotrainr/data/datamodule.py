@@ -14,9 +14,15 @@ from torch.utils.data import DataLoader
 
 from geotrainr.countries import class_list, get_country
 from geotrainr.data.dataset import GeoDataset, collate_skip
+from geotrainr.data.demo import is_demo_name, resolve_index
+from geotrainr.data.licences import KNOWN_SOURCES
 from geotrainr.preprocess import Preprocessing, build_transform, resolve_policy
-from geotrainr.data.index import IndexValidationError, assign_splits, index_root, read_index, validate_index
-from geotrainr.data.shards import PackedDataset, PackedSet, ShardStream, StreamLoader, is_packed
+from geotrainr.data.schema import IndexValidationError
+from geotrainr.data.splits import assign_splits
+from geotrainr.data.index import index_root, read_index, validate_index
+from geotrainr.data.packed.location import is_packed
+from geotrainr.data.packed.reader import PackedDataset, PackedSet
+from geotrainr.data.packed.stream import ShardStream, StreamLoader
 from geotrainr.errors import GeotrainrError
 
 
@@ -24,20 +30,8 @@ class UnreadableImagesError(GeotrainrError):
     """Too many images of a split could not be read: a result from the rest would be misleading."""
 
 
-def resolve_index(index: str | os.PathLike) -> Path:
-    """``"demo"`` (Blue Marble) and ``"demo-relief"`` (shaded relief) mean the cached offline evaluation sets
-    (built on first use)."""
-    from geotrainr.data.demo import ensure_named, is_demo_name
-
-    if is_demo_name(index):
-        return ensure_named(str(index))
-    return Path(index)
-
-
 def open_packed(index: str | os.PathLike, buffer: int) -> PackedSet | None:
     """The packed set at ``index`` (a folder or URL written by ``geotrainr pack``), else None."""
-    from geotrainr.data.demo import is_demo_name
-
     if is_demo_name(index) or not is_packed(index):
         return None
     return PackedSet(index, buffer)
@@ -99,7 +93,7 @@ class GeoDataModule(L.LightningDataModule):
         self.frames: dict[str, object] = {}
         self.skipped = {"train": 0, "val": 0, "test": 0, "predict": 0}
         self.seen = {"train": 0, "val": 0, "test": 0, "predict": 0}  # images tried, skipped ones included
-        # --- packed sets (geotrainr pack) are streamed from their row groups: geotrainr/data/shards.py
+        # --- packed sets (geotrainr pack) are streamed from their row groups: geotrainr/data/packed/
         self.packed = open_packed(index, stream_buffer)
         if self.packed is not None:
             self._init_packed(countries)
@@ -253,9 +247,6 @@ class GeoDataModule(L.LightningDataModule):
 
     def describe(self) -> dict:
         """What a model card says of the training data: index, images per split, sources, licences, attribution."""
-        from geotrainr.data.demo import is_demo_name
-        from geotrainr.data.licences import KNOWN_SOURCES
-
         if self.packed is not None:
             return self._describe_packed(KNOWN_SOURCES)
         if not self.frames:
@@ -295,7 +286,7 @@ class GeoDataModule(L.LightningDataModule):
         """(num_classes, 2) centres of the classes, for anchors and country guesses."""
         return np.array([(get_country(c).lat, get_country(c).lon) for c in self.countries], dtype=np.float64)
 
-    # --- packed sets: streamed, see geotrainr/data/shards.py ------------------------------------
+    # --- packed sets: streamed, see geotrainr/data/packed/ ------------------------------------
 
     def _init_packed(self, countries: list[str] | None) -> None:
         """``__init__`` for a packed set: the class list and split counts come from its manifest, nothing is read."""

@@ -30,6 +30,7 @@ from geotrainr.preprocess import (  # noqa: F401 - the decoding steps live there
     decode,
     load_rgb,
 )
+from geotrainr.data.archives import read_member
 
 
 class ImageLoadError(GeotrainrError, RuntimeError):
@@ -106,8 +107,6 @@ class GeoDataset(DecodedRows):
         if self._bytes is not None and self._bytes[i] is not None:
             return self._bytes[i]
         if self._archives is not None and isinstance(self._archives[i], str):
-            from geotrainr.data.archives import read_member
-
             return read_member(self.root / self._archives[i], self._members[i])
         return self.root / self._paths[i]
 

@@ -37,7 +37,9 @@ from tqdm.auto import tqdm
 from geotrainr.countries import european_codes
 from geotrainr.errors import GeotrainrError
 from geotrainr.files import replace_folder
-from geotrainr.data.index import assign_splits, summarize, validate_index, write_index
+from geotrainr.data.splits import assign_splits
+from geotrainr.data.index import summarize, validate_index, write_index
+from geotrainr.data.index import read_index
 
 DEMO_VERSION = 1
 #: Europe as the demo sees it (keeps European Russia, leaves out Siberia).
@@ -242,6 +244,12 @@ def ensure_named(index: str) -> Path:
 
 
 def demo_summary(index_path: Path) -> str:
-    from geotrainr.data.index import read_index
-
     return summarize(read_index(index_path, columns=["country", "split", "lat", "lon"]))
+
+
+def resolve_index(index: str | os.PathLike) -> Path:
+    """``"demo"`` (Blue Marble) and ``"demo-relief"`` (shaded relief) mean the cached offline evaluation sets
+    (built on first use)."""
+    if is_demo_name(index):
+        return ensure_named(str(index))
+    return Path(index)

@@ -30,16 +30,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from geotrainr.files import replace_folder
-from geotrainr.data.index import (
-    SPLITS,
-    IndexValidationError,
-    image_label,
-    index_root,
-    open_image_source,
-    read_index,
-    rows_outside,
-    validate_index,
-)
+from geotrainr.data.schema import SPLITS, IndexValidationError, image_label
+from geotrainr.data.index import index_root, read_index, rows_outside, validate_index
+from geotrainr.data.image_files import open_image_source
 
 #: index split -> Hugging Face split name (``datasets`` calls the validation split "validation")
 HF_SPLITS = {"train": "train", "val": "validation", "test": "test"}

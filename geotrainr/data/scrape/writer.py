@@ -41,7 +41,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from geotrainr.data.index import SCHEMA, assign_splits, validate_index, write_index, write_parquet_atomic
+from geotrainr.data.schema import SCHEMA
+from geotrainr.data.splits import assign_splits
+from geotrainr.data.index import validate_index, write_index, write_parquet_atomic
 from geotrainr.data.scrape.exceptions import InvalidAnswer, ScrapeError
 from geotrainr.data.scrape.records import stored_image_ok, validate_place, validate_row
 from geotrainr.files import fsync_dir, write_bytes_atomic, write_text_atomic

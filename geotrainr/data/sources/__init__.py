@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from geotrainr.data.sources.common import SourceRows, parse_columns
+from geotrainr.data.schema import IndexValidationError
 
 #: format name -> module:function; imported on use so that ``--help`` stays fast.
 FORMATS: dict[str, tuple[str, str]] = {
-    "csv": ("geotrainr.data.sources.common", "read_csv_source"),
+    "csv": ("geotrainr.data.sources.folders", "read_csv_source"),
     "osv5m": ("geotrainr.data.sources.osv5m", "read_osv5m"),
     "exif": ("geotrainr.data.sources.exif", "read_exif"),
     "im2gps3k": ("geotrainr.data.sources.benchmarks", "read_im2gps3k"),
@@ -26,8 +27,6 @@ FORMATS: dict[str, tuple[str, str]] = {
 def reader(name: str) -> Callable[..., SourceRows]:
     """The reader function of format ``name``."""
     import importlib
-
-    from geotrainr.data.index import IndexValidationError
 
     if name not in FORMATS:
         raise IndexValidationError(f"unknown format {name!r}; use one of {', '.join(FORMATS)}")

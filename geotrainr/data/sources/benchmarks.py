@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from geotrainr.data.index import IndexValidationError
+from geotrainr.data.schema import IndexValidationError
 from geotrainr.data.sources.common import (
     ImageFinder,
     SourceRows,

@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from geotrainr.data.index import IMAGE_EXTENSIONS, IndexValidationError
+from geotrainr.data.schema import IMAGE_EXTENSIONS, IndexValidationError
 from geotrainr.data.trust import UntrustedInputError, outside_reason, regular_file_size, within
+from geotrainr.countries import country_table
+from geotrainr.gazetteer import reverse_country
 
 #: The names a column mapping may give (ours) -> what they become in the index.
 MAPPABLE = {
@@ -131,16 +133,12 @@ def fill_countries(df: pd.DataFrame, label: pd.Series) -> tuple[pd.DataFrame, li
     A row whose coordinates give no country of the table (open sea far from any place is still
     given the nearest one, so this is rare) is dropped and listed.
     """
-    from geotrainr.countries import country_table
-
     known = set(country_table())
     if "country" not in df.columns:
         df = df.assign(country=pd.NA)
     country = df["country"].map(lambda c: c.strip().upper() if isinstance(c, str) and c.strip() else None)
     need = ~country.isin(known).to_numpy()
     if need.any():
-        from geotrainr.gazetteer import reverse_country
-
         country = np.array(country, dtype=object)  # a writable copy
         country[need] = reverse_country(df["lat"].to_numpy(float)[need], df["lon"].to_numpy(float)[need])
         country = pd.Series(country, index=df.index)
@@ -201,89 +199,3 @@ def relative(path: Path, index_dir: Path) -> str:
     return os.path.relpath(Path(path).resolve(), index_dir)
 
 
-def read_folder(folder: str | os.PathLike, index_dir: str | os.PathLike, exclude: Collection[Path] = ()) -> SourceRows:
-    """Rows for every image under ``folder`` named ``CC_lat,lon.ext`` (e.g. ``DE_52.52,13.40.png``).
-
-    An image whose realpath leaves ``folder`` (a symlink out) is skipped and listed; a name that does
-    not follow the pattern is an error (the folder is not such a set).
-    """
-    from geotrainr.data.index import parse_seed_name
-
-    folder, index_dir = Path(folder).resolve(), Path(index_dir).resolve()
-    if not folder.is_dir():
-        raise IndexValidationError(f"{folder}: not a folder")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and not is_excluded(p, folder, exclude)
-                   and p.is_file())
-    rows, skipped = [], []
-    for p in files:
-        name = os.path.relpath(p, folder)
-        if not within(p, folder):
-            skipped.append((name, "symlink leading outside the dataset"))
-            continue
-        cc, lat, lon = parse_seed_name(p.name)
-        rows.append({"image_path": relative(p, index_dir), "lat": lat, "lon": lon, "country": cc})
-    if not rows:
-        raise IndexValidationError(f"{folder}: no image files found" + (f" inside it ({len(skipped)} lead outside)" if skipped else ""))
-    return SourceRows(pd.DataFrame(rows), skipped, folder)
-
-
-def read_csv_source(src: str | os.PathLike, index_dir: str | os.PathLike, columns: dict[str, str] | None = None,
-                    images: str | os.PathLike | None = None, exclude: Collection[Path] = ()) -> SourceRows:
-    """A CSV of path, lat, lon[, country][, anything else] (column names mapped with ``columns``).
-
-    Paths are read relative to ``images`` (default: the CSV's folder), the dataset's root, and rewritten
-    relative to ``index_dir``; a path outside the root (absolute, ``..`` leaving it, a symlink out) is
-    skipped and listed. A missing or empty country is filled by offline reverse geocoding.
-    """
-    from geotrainr.data.index import _show
-
-    csv_path, index_dir = Path(src).resolve(), Path(index_dir).resolve()
-    text_columns = {"country", "path", "image_path"} | {v for k, v in (columns or {}).items() if k in ("image_path", "country")}
-    check_csv_file(csv_path)
-    try:
-        df = pd.read_csv(csv_path, dtype={c: "string" for c in text_columns}, keep_default_na=False, na_values=[""])
-    except FileNotFoundError:
-        raise IndexValidationError(f"{csv_path}: no such CSV file") from None
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
-        raise IndexValidationError(f"{csv_path}: not a readable CSV ({e})") from None
-    df = apply_columns(df, columns, str(csv_path))
-    if "image_path" not in df.columns and "path" in df.columns:
-        df = df.rename(columns={"path": "image_path"})
-    for col in ("image_path", "lat", "lon"):
-        if col not in df.columns:
-            raise IndexValidationError(f"{csv_path}: missing column {col!r} (need path,lat,lon[,country])")
-    if len(df) == 0:
-        raise IndexValidationError(f"{csv_path}: no rows")
-    for i, p in enumerate(df["image_path"]):
-        if not isinstance(p, str) or not p.strip():
-            raise IndexValidationError(f"{csv_path} row {i}: empty path")
-    if images is not None:
-        base = Path(images).resolve()
-        if not base.is_dir():
-            raise IndexValidationError(f"{base}: no such image folder")
-    else:
-        base = csv_path.parent
-    why = [outside_reason(base, p) for p in df["image_path"]]
-    inside = np.array([w is None for w in why], bool)
-    skipped = [(f"{csv_path.name} row {i} ({df['image_path'].iloc[i]})", why[i]) for i in np.flatnonzero(~inside)]
-    df = df[inside].reset_index(drop=True)
-    if len(df) == 0:
-        raise IndexValidationError(f"{csv_path}: no path lies inside {base} ({skipped[0][0]}: {skipped[0][1]})")
-    df["image_path"] = [os.path.relpath((base / p).resolve(), index_dir) for p in df["image_path"]]
-    for col in ("lat", "lon"):
-        values = pd.to_numeric(df[col], errors="coerce")
-        bad = np.flatnonzero(values.isna().to_numpy())
-        if len(bad):
-            raise IndexValidationError(f"{csv_path} row {bad[0]} ({df['image_path'].iloc[bad[0]]}): {col} {_show(df[col].iloc[bad[0]])} is not a number")
-        df[col] = values.astype(float)
-    if "country" not in df.columns:
-        df["country"] = pd.NA
-    missing = df["country"].isna().to_numpy()
-    if missing.any():
-        from geotrainr.gazetteer import reverse_country
-
-        ok = missing & df["lat"].between(-90, 90).to_numpy() & df["lon"].between(-180, 180).to_numpy()
-        if ok.any():
-            df.loc[ok, "country"] = reverse_country(df.loc[ok, "lat"].to_numpy(), df.loc[ok, "lon"].to_numpy())
-    df["country"] = df["country"].astype(object)
-    return SourceRows(df, skipped, base)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from geotrainr.data.index import IMAGE_EXTENSIONS, IndexValidationError
+from geotrainr.data.schema import IMAGE_EXTENSIONS, IndexValidationError
 from geotrainr.preprocess import register_image_openers
 from geotrainr.data.sources.common import SourceRows, fill_countries, is_excluded, relative
 from geotrainr.data.trust import MAX_IMAGE_BYTES, UntrustedInputError, regular_file_size, within

@@ -17,7 +17,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from geotrainr.data.index import IMAGE_ROOT_KEY, PACK_MANIFEST, PACK_PARTIAL, IndexValidationError, check_pack, unfinished_pack
+from geotrainr.data.schema import IMAGE_ROOT_KEY, IndexValidationError
+from geotrainr.data.packed.manifest import PACK_MANIFEST, PACK_PARTIAL, check_pack, unfinished_pack
 from geotrainr.data.sources.common import (
     SourceRows,
     apply_columns,

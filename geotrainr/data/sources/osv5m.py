@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from geotrainr.data.index import IMAGE_EXTENSIONS, IndexValidationError
+from geotrainr.data.schema import IMAGE_EXTENSIONS, IndexValidationError
 from geotrainr.data.sources.common import (
     ImageFinder,
     SourceRows,
@@ -27,6 +27,7 @@ from geotrainr.data.sources.common import (
     relative,
 )
 from geotrainr.data.trust import within
+from geotrainr.data.archives import list_members
 
 LICENCE = "CC-BY-SA 4.0"
 SPLIT_FILES = ("train", "test")
@@ -50,8 +51,6 @@ def _csv_files(src: Path) -> list[tuple[str, Path]]:
 def member_map(folder: Path, root: Path | None = None) -> dict[str, tuple[Path, str]]:
     """Image id -> (archive, member) for every image in the zip archives directly under ``folder`` (and inside
     ``root``: an archive that is a symlink out is not read). Members are read in place by name, never extracted."""
-    from geotrainr.data.archives import list_members
-
     out: dict[str, tuple[Path, str]] = {}
     for archive in sorted(folder.glob("*.zip")):
         if not within(archive, root if root is not None else folder) or archive.name.startswith("."):
