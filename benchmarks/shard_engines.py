@@ -86,7 +86,8 @@ def _litdata_item(item):
 
 
 def _transform(image_size: int):
-    from geotrainr.preprocess import Preprocessing, build_transform
+    from geotrainr.preprocess import Preprocessing
+    from geotrainr.augment import build_transform
 
     pre = Preprocessing(image_size=image_size)
     return build_transform(pre, train=True), pre.draft_size

@@ -109,7 +109,7 @@ def parse_backbone(spec: str) -> tuple[str, list[str]]:
 def plan(groups: Sequence[str] = DEFAULT_GROUPS, backbones: Sequence[str] = DEFAULT_BACKBONES,
          sizes: Sequence[int] = DEFAULT_SIZES) -> list[Run]:
     """The runs of the chosen groups; the country model of the first backbone initialises b and d."""
-    from geotrainr.preprocess import AUGMENT_POLICIES
+    from geotrainr.augment import AUGMENT_POLICIES
 
     unknown = sorted(set(groups) - set(GROUPS))
     if unknown or not groups:

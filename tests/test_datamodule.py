@@ -4,7 +4,8 @@ import torch
 
 from conftest import build_tiny_index, make_image
 from geotrainr.data import GeoDataModule
-from geotrainr.data.dataset import ImageLoadError, Preprocessing, load_rgb
+from geotrainr.data.dataset import ImageLoadError
+from geotrainr.preprocess import Preprocessing, load_rgb
 from geotrainr.data.index import write_index
 
 
@@ -108,7 +109,7 @@ def test_normalisation_equals_torchvision_bit_for_bit(mode):
     from PIL import Image
     from torchvision import transforms as T
 
-    from geotrainr.data.dataset import ToNormalizedTensor
+    from geotrainr.preprocess import ToNormalizedTensor
 
     rng = np.random.default_rng(0)
     channels = {"RGB": 3, "L": 1, "RGBA": 4}[mode]
@@ -132,7 +133,7 @@ def test_eval_resize_and_crop_match_torchvision_within_one_level(interpolation):
     from skimage import data as skimage_data
     from torchvision import transforms as T
 
-    from geotrainr.data.dataset import ResizeCenterCrop
+    from geotrainr.preprocess import ResizeCenterCrop
 
     noise = Image.fromarray(np.random.default_rng(1).integers(0, 256, size=(97, 131, 3), dtype=np.uint8))
     photos = [Image.fromarray(skimage_data.chelsea()), Image.fromarray(skimage_data.astronaut()), noise, noise.transpose(Image.Transpose.TRANSPOSE)]
@@ -149,7 +150,7 @@ def test_eval_resize_and_crop_match_torchvision_within_one_level(interpolation):
 
 
 def test_augment_takes_a_policy_name_and_the_old_booleans(tmp_path):
-    from geotrainr.preprocess import DEFAULT_AUGMENT, AugmentPolicyError
+    from geotrainr.augment import DEFAULT_AUGMENT, AugmentPolicyError
 
     idx = build_tiny_index(tmp_path)
     assert GeoDataModule(str(idx), num_workers=0).augment == DEFAULT_AUGMENT

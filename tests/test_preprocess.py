@@ -118,7 +118,7 @@ def _striped(size: int = 96) -> Image.Image:
 
 
 def test_policies_resolve_and_old_booleans_still_mean_something():
-    from geotrainr.preprocess import AUGMENT_POLICIES, DEFAULT_AUGMENT, AugmentPolicyError, resolve_policy
+    from geotrainr.augment import AUGMENT_POLICIES, DEFAULT_AUGMENT, AugmentPolicyError, resolve_policy
 
     assert AUGMENT_POLICIES == ("none", "geo-safe", "strong") and DEFAULT_AUGMENT in AUGMENT_POLICIES
     assert resolve_policy(True) == DEFAULT_AUGMENT and resolve_policy("true") == DEFAULT_AUGMENT
@@ -129,7 +129,7 @@ def test_policies_resolve_and_old_booleans_still_mean_something():
 
 
 def test_none_policy_trains_on_the_evaluation_tensor():
-    from geotrainr.preprocess import build_transform
+    from geotrainr.augment import build_transform
 
     pre = Preprocessing(image_size=64)
     im = _striped()
@@ -138,7 +138,7 @@ def test_none_policy_trains_on_the_evaluation_tensor():
 
 def test_geo_safe_keeps_colours_sides_and_most_of_the_frame():
     """No colour shift and no flip: the mean colour stays and red stays on the left; strong jitters colours."""
-    from geotrainr.preprocess import build_transform
+    from geotrainr.augment import build_transform
 
     pre = Preprocessing(image_size=64, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
     im = _striped()
@@ -158,7 +158,7 @@ def test_geo_safe_keeps_colours_sides_and_most_of_the_frame():
 
 
 def test_geo_safe_is_random_but_seeded():
-    from geotrainr.preprocess import build_transform
+    from geotrainr.augment import build_transform
 
     t = build_transform(Preprocessing(image_size=48), train=True, augment="geo-safe")
     im = _striped()

@@ -111,7 +111,7 @@ def test_zip_members_decode_in_forked_workers(tmp_path):
 
     from geotrainr.data import GeoDataModule
     from geotrainr.data.archives import read_member
-    from geotrainr.data.dataset import Preprocessing
+    from geotrainr.preprocess import Preprocessing
 
     build_osv5m(tmp_path / "osv5m", zipped=True)
     out = tmp_path / "index.parquet"

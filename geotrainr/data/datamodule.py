@@ -16,7 +16,8 @@ from geotrainr.countries import class_list, get_country
 from geotrainr.data.dataset import GeoDataset, collate_skip
 from geotrainr.data.demo import is_demo_name, resolve_index
 from geotrainr.data.licences import KNOWN_SOURCES
-from geotrainr.preprocess import Preprocessing, build_transform, resolve_policy
+from geotrainr.preprocess import Preprocessing
+from geotrainr.augment import build_transform, resolve_policy
 from geotrainr.data.schema import IndexValidationError
 from geotrainr.data.splits import assign_splits
 from geotrainr.data.index import index_root, read_index, validate_index

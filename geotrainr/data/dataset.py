@@ -20,16 +20,7 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from geotrainr.errors import GeotrainrError
-from geotrainr.preprocess import (  # noqa: F401 - the decoding steps live there; these names stay importable here
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    Preprocessing,
-    ResizeCenterCrop,
-    ToNormalizedTensor,
-    build_transform,
-    decode,
-    load_rgb,
-)
+from geotrainr.preprocess import decode
 from geotrainr.data.archives import read_member
 
 
