@@ -32,6 +32,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from geotrainr.countries import country_table
+from geotrainr.plots import save_image
+from geotrainr.preprocess import Preprocessor, decode
 from geotrainr.errors import GeotrainrError  # noqa: F401 - ExplainError's base, for readers
 from geotrainr.tasks.base import ExplainError  # noqa: F401 - raised through the tasks, importable here
 
@@ -128,8 +130,6 @@ class Explanation:
 
     def save(self, path: str | os.PathLike, **overlay_kwargs) -> Path:
         """Write the overlay atomically (format from the file ending)."""
-        from geotrainr.plots import save_image
-
         return save_image(self.overlay(**overlay_kwargs), path)
 
 
@@ -191,8 +191,6 @@ def explain(model_or_locator, image, target: str | None = None, device: str | to
         target: a country code to explain instead of the predicted one; ``"lat"``/``"lon"`` for coordinate models.
         device: where to run; default: where the model is.
     """
-    from geotrainr.preprocess import Preprocessor
-
     model = getattr(model_or_locator, "model", model_or_locator)
     if device is not None:
         model = model.to(device)
@@ -212,8 +210,6 @@ def explain(model_or_locator, image, target: str | None = None, device: str | to
 
 def _full_photo(image) -> Image.Image:
     """The photo decoded at full size (no reduction), for drawing on."""
-    from geotrainr.preprocess import decode
-
     im = decode(image, None)
     im.load()
     return im

@@ -186,7 +186,7 @@ class ValidationFigures(Callback):
 
     def draw(self, e: _Collected, pl_module: LightningModule, epoch: int) -> dict[str, np.ndarray]:
         """The pictures of one epoch's collected guesses: ``{tag: (H, W, 3) uint8 pixels}``."""
-        from geotrainr import plots
+        from geotrainr import maps, plots
 
         countries = list(pl_module.countries)
         seen = e.seen.cpu().numpy()
@@ -207,7 +207,7 @@ class ValidationFigures(Callback):
         if ok.any():
             labels = [f"{t or '?'}->{g or '?'}" for t, g in zip(true_labels, guessed)] if ok.sum() <= 25 else None
             note = pl_module.guess_note
-            fig = plots.map_figure(guess, truth, labels=labels, note=f"{note[0].upper()}{note[1:]}." if note else None,
+            fig = maps.map_figure(guess, truth, labels=labels, note=f"{note[0].upper()}{note[1:]}." if note else None,
                                    title=f"Truth (green) joined to guess (red), {when}: a fixed sample of {int(ok.sum())}")
             pictures["val/map"] = plots.figure_pixels(fig)
 

@@ -25,7 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from geotrainr.artifact import read_checkpoint
 from geotrainr.errors import GeotrainrError
+from geotrainr.files import write_text_atomic
 from geotrainr.geo import great_circle_error_km, km_per_degree_lat, spherical_mean
 
 #: PIGEON's smoothing temperature lies between 65 and 75 km.
@@ -142,8 +144,6 @@ class Geocells:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the cells as JSON (atomically)."""
-        from geotrainr.files import write_text_atomic
-
         return write_text_atomic(path, json.dumps(self.to_dict()))
 
     @classmethod
@@ -153,8 +153,6 @@ class Geocells:
         if not path.is_file():
             raise GeocellError(f"{path}: no such file")
         if path.suffix == ".ckpt":
-            from geotrainr.artifact import read_checkpoint
-
             record = read_checkpoint(path).record.get("geocells")
             if record is None:
                 raise GeocellError(f"{path}: this checkpoint has no geocells (it was not trained with head: geocells)")
@@ -259,32 +257,4 @@ def cells_of_top_country(cell_probs: torch.Tensor, cell_country: torch.Tensor,
     return cell_probs * inside, probs
 
 
-# --- drawing ---------------------------------------------------------------------------------------
 
-
-def plot_geocells(cells: Geocells, out: str | os.PathLike, points=None, title: str | None = None) -> Path:
-    """Draw the cells on the Blue Marble map: each cell's box and centroid, and optionally the training points."""
-    from matplotlib.collections import PatchCollection
-    from matplotlib.patches import Rectangle
-
-    from geotrainr.plots import map_axes, map_extent, save_figure
-
-    lat = np.concatenate([cells.bounds[:, 0], cells.bounds[:, 1]])
-    lon = np.concatenate([cells.bounds[:, 2], cells.bounds[:, 3]])
-    fig, ax = map_axes(map_extent(lat, lon, base=(lon.min(), lon.max(), lat.min(), lat.max()), margin_deg=2.0))
-    palette = np.array([[0.9, 0.1, 0.1], [1.0, 0.85, 0.1], [0.2, 0.9, 0.9], [1.0, 0.5, 0.9], [0.5, 1.0, 0.3], [1.0, 1.0, 1.0]])
-    colour = palette[np.arange(len(cells)) % len(palette)]
-    if points is not None:
-        pts = np.array(points, dtype=np.float64).reshape(-1, 2)
-        d = great_circle_error_km(pts[:, None, :], cells.centroids[None])
-        ax.scatter(pts[:, 1], pts[:, 0], s=3, c=colour[d.argmin(1)], alpha=0.6, linewidths=0, zorder=2)
-    boxes = [Rectangle((b[2], b[0]), max(b[3] - b[2], 0.05), max(b[1] - b[0], 0.05)) for b in cells.bounds]
-    ax.add_collection(PatchCollection(boxes, facecolors="none", edgecolors=colour, linewidths=0.8, zorder=3))
-    ax.scatter(cells.centroids[:, 1], cells.centroids[:, 0], s=10, c=colour, edgecolors="black", linewidths=0.4,
-               zorder=4, label=f"centroids ({len(cells)} cells)")
-    ax.legend(loc="lower left", fontsize=8, framealpha=0.8)
-    ax.set_title(title or f"{len(cells)} geocells in {len(set(cells.countries))} countries "
-                 f"({cells.min_per_cell}..{cells.max_per_cell} training images each)", fontsize=11)
-    fig.text(0.04, 0.015, "Boxes bound each cell's training points; cells never cross a border. "
-             "Base map: NASA Blue Marble (public domain).", fontsize=7, color="#444444")
-    return save_figure(fig, out)

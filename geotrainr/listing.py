@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from geotrainr.data.schema import IndexValidationError
+from geotrainr.data.sources.common import apply_columns
 from geotrainr.errors import GeotrainrError
 from geotrainr.preprocess import IMAGE_SUFFIXES
 
@@ -64,9 +66,6 @@ def read_listing(csv_path: str | os.PathLike, columns: dict[str, str] | None = N
     and for ``--group-by FIELD``.
     """
     import pandas as pd
-
-    from geotrainr.data.schema import IndexValidationError
-    from geotrainr.data.sources.common import apply_columns
 
     csv_path = Path(csv_path)
     try:

@@ -29,6 +29,7 @@ from torch import nn
 
 from geotrainr.artifact import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, read_exported
 from geotrainr.files import read_limited
+from geotrainr.loading import HUB_ID, build_model, hub_snapshot
 
 ONNX_NAME = "model.onnx"
 INPUT_NAME = "images"
@@ -262,8 +263,6 @@ def _folder_files(source: str, hub_kwargs: dict) -> tuple[Path, Path, Path]:
         if not (path / ONNX_NAME).exists():
             raise _needs_export(source, f"no {ONNX_NAME} in this folder")
         return path / CONFIG_NAME, path / WEIGHTS_NAME, path / ONNX_NAME
-    from geotrainr.loading import HUB_ID, hub_snapshot
-
     if not HUB_ID.match(source):
         raise OnnxError(f"{source}: not an exported model folder or a Hub repository id (org/name)")
     folder = hub_snapshot(source, (CONFIG_NAME, WEIGHTS_NAME, ONNX_NAME), OnnxError, **hub_kwargs)
@@ -274,8 +273,6 @@ def load_onnx(source: str | os.PathLike, kind: str | None = None, threads: int |
     """An exported folder (or Hub repository id) holding model.onnx, ready for onnxruntime on the CPU.
 
     The task model (for decoding) comes from the folder through the one loader's reader and builder."""
-    from geotrainr.loading import build_model
-
     source = str(source)
     config_file, weights_file, onnx_file = _folder_files(source, hub_kwargs)
     task = build_model(read_exported(config_file.parent, where=source))

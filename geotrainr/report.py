@@ -201,7 +201,7 @@ def metrics_table(metrics: dict[str, float]) -> list[tuple[str, str, str]]:
 def write_report(ev: Evaluation, out_dir: str | os.PathLike, checkpoint: str | os.PathLike | None = None,
                  title: str | None = None) -> Path:
     """Pictures, ``predictions.csv``, ``metrics.json`` and ``report.md`` in ``out_dir``; returns the page's path."""
-    from geotrainr import plots
+    from geotrainr import maps, plots
 
     out = Path(out_dir)
     try:
@@ -212,7 +212,7 @@ def write_report(ev: Evaluation, out_dir: str | os.PathLike, checkpoint: str | o
     split_name = f"{ev.split} split"
     plots.plot_error_cdf(f["error_km"], out / "error_cdf.png", title=f"Great-circle error, {split_name} ({len(f)} images)")
     labels = None if len(f) > 25 else [Path(p).stem[:18] for p in f["image"]]
-    plots.plot_map(f[["lat", "lon"]].to_numpy(), out / "map.png", true_latlon=f[["true_lat", "true_lon"]].to_numpy(),
+    maps.plot_map(f[["lat", "lon"]].to_numpy(), out / "map.png", true_latlon=f[["true_lat", "true_lon"]].to_numpy(),
                    labels=labels, title=f"Truth (green) joined to guess (red), {split_name}",
                    note="Lines join each photo's true place to its guess.")
     true_set, guessed = set(f["true_country"]), set(f["country"])

@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("loading", ("geotrainr.loading", "geotrainr.onnx_runtime")),
     ("use", ("geotrainr.predictions", "geotrainr.locator", "geotrainr.listing", "geotrainr.multiview",
              "geotrainr.report", "geotrainr.benchmarking", "geotrainr.explain", "geotrainr.plots",
-             "geotrainr.figures", "geotrainr.hub", "geotrainr.serve", "geotrainr.ablation",
+             "geotrainr.figures", "geotrainr.maps", "geotrainr.hub", "geotrainr.serve", "geotrainr.ablation",
              "geotrainr.lightning_cli", "geotrainr.evaluation")),
     ("entry", ("geotrainr.cli", "geotrainr.commands", "geotrainr.__main__", "geotrainr.web", "geotrainr")),
 ]
@@ -197,3 +197,38 @@ def test_one_loader_reads_model_files():
                 "geotrainr.artifact"):
             readers.append(module)
     assert not readers, f"model files are read by geotrainr.artifact only: {readers}"
+
+
+def layer_graph() -> dict[str, set[str]]:
+    """Which layer imports which (from the modules' actual imports)."""
+    edges: dict[str, set[str]] = defaultdict(set)
+    for module in MODULES:
+        for target in TOP[module] | {t for m, t, _ in INNER if m == module}:
+            a, b = LAYERS[layer_of(module)][0], LAYERS[layer_of(target)][0]
+            if a != b:
+                edges[a].add(b)
+    return edges
+
+
+def render_diagram() -> str:
+    """The Mermaid picture of docs/architecture.md: the layers, top to bottom, and the imports between them."""
+    lines = ["```mermaid", "flowchart TD"]
+    for name, prefixes in reversed(LAYERS):
+        shown = sorted(p.removeprefix("geotrainr.") if p != "geotrainr" else "geotrainr (package API)" for p in prefixes)
+        lines.append(f'    {name}["<b>{name}</b><br/>{", ".join(shown)}"]')
+    edges = layer_graph()
+    for name, _ in reversed(LAYERS):
+        for target in sorted(edges.get(name, ()), key=lambda t: -[n for n, _ in LAYERS].index(t)):
+            lines.append(f"    {name} --> {target}")
+    lines.append("```")
+    return "\n".join(lines)
+
+
+def test_architecture_page_draws_the_code():
+    page = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    assert render_diagram() in page, ("docs/architecture.md's picture differs from the code; regenerate it with "
+                                      "`python tests/test_architecture.py`")
+
+
+if __name__ == "__main__":
+    print(render_diagram())

@@ -12,7 +12,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from geotrainr import plots
+from geotrainr import maps, plots
 from geotrainr.cli import main
 from geotrainr.data import GeoDataModule
 from geotrainr.figures import TAGS, FiguresConfigError, ValidationFigures
@@ -106,10 +106,10 @@ def test_figures_are_the_reports_pictures(tmp_path):
     rng = np.random.default_rng(0)
     guess = np.c_[rng.uniform(40, 60, 12), rng.uniform(-5, 25, 12)]
     extent = (-10.0, 30.0, 35.0, 65.0)
-    plots.plot_map(guess, tmp_path / "map.png", true_latlon=guess + 1, title="t", extent=extent, width_in=4)
+    maps.plot_map(guess, tmp_path / "map.png", true_latlon=guess + 1, title="t", extent=extent, width_in=4)
     with Image.open(tmp_path / "map.png") as saved:
         assert np.array_equal(np.asarray(saved.convert("RGB")),
-                              plots.figure_pixels(plots.map_figure(guess, guess + 1, title="t", extent=extent, width_in=4)))
+                              plots.figure_pixels(maps.map_figure(guess, guess + 1, title="t", extent=extent, width_in=4)))
 
 
 def test_most_confused_and_the_cut_down_matrix():

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from geotrainr import plots
+from geotrainr import maps, plots
 from geotrainr.cli import main
 from geotrainr.report import evaluate, write_report
 from test_locate import SIX, photo, tiny_checkpoints
@@ -135,5 +135,5 @@ def test_library_evaluate_and_plots(ckpts, index, tmp_path):
     for p in (cdf, conf):
         with Image.open(p) as im:
             assert im.width >= 400 and im.height >= 300
-    assert plots.map_extent([50.0], [10.0]) == plots.EUROPE_EXTENT
-    assert plots.map_extent([-34.0], [151.0])[1] > 150 and plots.map_extent([-34.0], [151.0])[2] < -34
+    assert maps.map_extent([50.0], [10.0]) == maps.EUROPE_EXTENT
+    assert maps.map_extent([-34.0], [151.0])[1] > 150 and maps.map_extent([-34.0], [151.0])[2] < -34

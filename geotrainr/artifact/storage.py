@@ -161,6 +161,17 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return state
 
 
+def read_packaged_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Backbone weights that an installed package ships (torch's legacy format, not a zip: no member check),
+    read bounded and with ``weights_only=True`` like every other model file."""
+    path = Path(path)
+    with open_limited(path, WEIGHTS_LIMIT, "backbone weights file") as f:
+        state = torch.load(f, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise CheckpointError(f"{path}: not a state dict of named tensors")
+    return state
+
+
 def read_checkpoint(path: str | os.PathLike) -> Artifact:
     """A checkpoint file, loaded without executing anything, its record, hyper-parameters and weights checked."""
     path = Path(path)

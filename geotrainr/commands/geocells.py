@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from geotrainr.countries import resolve_countries
-from geotrainr.geocells import Geocells, GeocellError, plot_geocells
+from geotrainr.geocells import Geocells, GeocellError
+from geotrainr.maps import plot_geocells
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:

@@ -195,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
     _write_text(text, args.out)
 
     if args.map:
-        from geotrainr.plots import plot_guesses
+        from geotrainr.maps import plot_guesses
 
         plot_guesses(guesses, args.map, note=locator.model.guess_note)
         _note(f"map written to {args.map}")

