@@ -11,7 +11,11 @@ empty file. It costs a disk flush per write (see docs/performance.md).
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from geotrainr.errors import GeotrainrError
@@ -60,8 +64,6 @@ def write_text_atomic(path: str | os.PathLike, text: str, durable: bool = False)
 
 def replace_folder(tmp: str | os.PathLike, out: str | os.PathLike) -> Path:
     """Move a finished folder ``tmp`` to ``out``, replacing any folder or file there, so ``out`` is never half-written."""
-    import shutil
-
     tmp, out = Path(tmp), Path(out)
     if out.exists():
         old = out.with_name(f".{out.name}.{os.getpid()}.old")
@@ -74,6 +76,26 @@ def replace_folder(tmp: str | os.PathLike, out: str | os.PathLike) -> Path:
     else:
         os.replace(tmp, out)
     return out
+
+
+@contextmanager
+def staged_folder(out: str | os.PathLike) -> Iterator[Path]:
+    """A fresh folder beside ``out`` to fill; it replaces ``out`` when the block succeeds and is removed when it fails,
+    so ``out`` is either what was there or the whole new folder (exports, demo data, sharded indexes).
+
+    Its permissions are an ordinary folder's (``mkdtemp`` alone makes it private).
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    try:
+        yield tmp
+        replace_folder(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 class atomic_path:  # noqa: N801 - used as a context manager, like open()

@@ -25,9 +25,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +34,7 @@ from tqdm.auto import tqdm
 
 from geotrainr.countries import european_codes
 from geotrainr.errors import GeotrainrError
-from geotrainr.files import replace_folder
+from geotrainr.files import staged_folder
 from geotrainr.data.splits import assign_splits
 from geotrainr.data.index import summarize, validate_index, write_index
 from geotrainr.data.index import read_index
@@ -176,9 +174,7 @@ def build_demo(
     world = load_imagery(source)
     width, height = world.size
     xs, ys = latlon_to_pixel(places["lat"], places["lon"], width, height)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with staged_folder(out_dir) as tmp:
         (tmp / "images").mkdir()
         paths = []
         half = patch_px / 2
@@ -210,10 +206,6 @@ def build_demo(
             f"geotrainr demo data: {src.description}: patches around GeoNames places (CC-BY 4.0).\n"
             "An aerial stand-in for street imagery, for trying the tools offline.\n"
         )
-        replace_folder(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir / "index.parquet"
 
 

@@ -8,8 +8,6 @@ folder). Writers are atomic: a reader never sees a half-written file.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -21,9 +19,9 @@ import pyarrow.parquet as pq
 from geotrainr.countries import country_table
 from geotrainr.data.image_files import check_all_images
 from geotrainr.data.packed.manifest import PACK_MANIFEST, PACK_PARTIAL, check_pack, unfinished_pack
-from geotrainr.data.schema import IMAGE_ROOT_KEY, REQUIRED, SCHEMA, SPLITS, IndexValidationError, image_label, row_label
+from geotrainr.data.schema import IMAGE_ROOT_KEY, REQUIRED, SCHEMA, SPLITS, IndexValidationError, row_label
 from geotrainr.data.trust import outside_reason, regular_file_size
-from geotrainr.files import atomic_path, replace_folder
+from geotrainr.files import atomic_path, staged_folder
 
 
 def index_root(path: str | os.PathLike) -> Path:
@@ -217,15 +215,10 @@ def write_index(df: pd.DataFrame, path: str | os.PathLike, shard_rows: int | Non
 
     if not shard_rows or len(df) <= shard_rows:
         return write_parquet_atomic(table(df), path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with staged_folder(path) as tmp_dir:
         for n, start in enumerate(range(0, len(df), shard_rows)):
             pq.write_table(table(df.iloc[start : start + shard_rows]), tmp_dir / f"part-{n:05d}.parquet", compression="zstd")
-        return replace_folder(tmp_dir, path)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
+    return path
 
 
 # --- splits -----------------------------------------------------------------
