@@ -6,8 +6,9 @@ The user API, imported on first use so that ``import geotrainr`` stays light::
     locator = geotrainr.load("runs/country/.../best.ckpt")   # or an exported folder, or a Hub repo id
     guesses = geotrainr.locate(locator, ["photo.jpg"])
 
-``geotrainr.CountryClassifier``, ``CoordinateRegressor``, ``DistancePredictor``, ``GeoDataModule``,
-``Locator``, ``Guess`` and ``Preprocessor`` are here too.
+The tasks (``CountryClassifier``, ``CoordinateRegressor``, ``DistancePredictor``, ``MultiTaskGeolocator``),
+``load_model`` (a task model from any model source), ``GeoDataModule``, ``Locator``, ``Guess`` and
+``Preprocessor`` are here too, each once.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from geotrainr.version import __version__
 _API = {
     "Locator": "geotrainr.locator",
     "Guess": "geotrainr.predictions",
-    "PredictionRecord": "geotrainr.predictions",
     "Preprocessor": "geotrainr.preprocess",
     "Preprocessing": "geotrainr.preprocess",
     "GeoDataModule": "geotrainr.data.datamodule",

@@ -209,10 +209,6 @@ def make_guesses(
 
 
 
-#: The record under a name that says what it is; ``Guess`` stays the short name.
-PredictionRecord = Guess
-
-
 def records_csv(records: Iterable[Guess]) -> str:
     """Records as CSV text, columns in :data:`RECORD_FIELDS` order (only those any record has)."""
     rows = [r.to_row() for r in records]
