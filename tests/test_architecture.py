@@ -227,8 +227,15 @@ def render_diagram() -> str:
 def test_architecture_page_draws_the_code():
     page = (PACKAGE.parent / "docs" / "architecture.md").read_text()
     assert render_diagram() in page, ("docs/architecture.md's picture differs from the code; regenerate it with "
-                                      "`python tests/test_architecture.py`")
+                                      "`python tests/test_architecture.py --write`")
 
 
-if __name__ == "__main__":
-    print(render_diagram())
+if __name__ == "__main__":  # python tests/test_architecture.py [--write]: print (or redraw docs/architecture.md's) picture
+    import re
+    import sys
+
+    if "--write" in sys.argv:
+        page = PACKAGE.parent / "docs" / "architecture.md"
+        page.write_text(re.sub(r"```mermaid\n.*?```", lambda _: render_diagram(), page.read_text(), count=1, flags=re.S))
+    else:
+        print(render_diagram())
