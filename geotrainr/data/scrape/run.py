@@ -22,9 +22,11 @@ from tqdm.auto import tqdm
 
 from geotrainr.data.index import read_index
 from geotrainr.data.scrape.backends import Backend, make_backend
+from geotrainr.data.scrape.client import Credentials
 from geotrainr.data.scrape.config import ScrapeConfig
 from geotrainr.data.scrape.exceptions import redact
 from geotrainr.data.scrape.limits import Budget, RateLimiter
+from geotrainr.data.scrape.mapillary import MapillaryToken
 from geotrainr.data.scrape.planning import Plan, places_to_do, plan_lines, read_excluded, sample_plan
 from geotrainr.data.scrape.places import Place
 from geotrainr.data.scrape.scheduler import EXIT_INTERRUPTED, FAILED_LIST, Scheduler, Stats
@@ -88,7 +90,8 @@ class Scraper:
             if previous is not None and not self.scheduler.interrupted:
                 signal.signal(signal.SIGINT, previous)
 
-    def _run(self, planned: list[Place], excluded: set[str], credentials, store: DatasetStore) -> Stats:
+    def _run(self, planned: list[Place], excluded: set[str], credentials: Credentials | MapillaryToken,
+             store: DatasetStore) -> Stats:
         cfg = self.cfg
         store.open_for_writing()
         try:

@@ -152,7 +152,7 @@ class Scheduler:
         _write_stderr(f"\ninterrupted: finishing the requests in flight (at most {self.cfg.retry.timeout:g} s), "
                       "then writing the index; Ctrl-C again to quit at once\n")
 
-    def install_sigint(self):
+    def install_sigint(self) -> Callable | int | None:
         """Our SIGINT handler while the run writes (main thread only); returns the one to restore."""
         if threading.current_thread() is not threading.main_thread():
             return None
@@ -231,7 +231,7 @@ class Scheduler:
                             refresh=False,
                         )
                 except BaseException as e:
-                    # Ctrl-C or a bug: let the workers stop, keep what they finished.
+                    # Ctrl-C or a bug: let the threads stop, keep what they finished.
                     self.interrupted = self.interrupted or isinstance(e, KeyboardInterrupt)
                     self.stop.set()
                     for fut in inflight:
