@@ -16,14 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from huggingface_hub import ModelHubMixin
+from huggingface_hub import EvalResult, ModelCard, ModelCardData, ModelHubMixin
+from safetensors.torch import save_file
 
-from geotrainr.version import __version__
 from geotrainr.artifact import CONFIG_NAME, WEIGHTS_NAME, CheckpointError
 from geotrainr.files import replace_folder
 from geotrainr.loading import build_model, load_model, read_source
+from geotrainr.onnx_runtime import ONNX_NAME, export_onnx
+from geotrainr.report import metrics_table
+from geotrainr.version import __version__
 
-#: Licence and attribution of the data sources geotrainr knows by their index ``source`` value.
+
 class ExportError(CheckpointError):
     """An export that cannot be written (e.g. the output folder holds something else)."""
 
@@ -47,18 +50,17 @@ class ExportedModel(ModelHubMixin, library_name="geotrainr", tags=["geotrainr", 
                     repo_url="https://pypi.org/project/geotrainr/"):
     """A task model with ``save_pretrained``/``from_pretrained``/``push_to_hub`` (Hugging Face's ModelHubMixin)."""
 
-    def __init__(self, model: torch.nn.Module, provenance: dict | None = None):
+    def __init__(self, model: torch.nn.Module, provenance: dict | None = None, onnx: bool = False):
         self.model = model
         self.provenance = provenance or {}
+        self.onnx = onnx  # model.onnx is written beside the weights (the card then says how to use it)
 
     def _save_pretrained(self, save_directory: Path) -> None:
-        from safetensors.torch import save_file
-
         config = export_config(self.model, self.provenance)
         state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
         save_file(state, str(save_directory / WEIGHTS_NAME), metadata={"format": "pt", "library": "geotrainr"})
         (save_directory / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
-        (save_directory / "README.md").write_text(model_card(config), encoding="utf-8")
+        build_model_card(config, self.onnx).save(save_directory / "README.md")
 
     @classmethod
     def _from_pretrained(cls, *, model_id: str, revision: str | None, cache_dir, force_download: bool,
@@ -74,84 +76,120 @@ class ExportedModel(ModelHubMixin, library_name="geotrainr", tags=["geotrainr", 
         return cls(load_model(pretrained_model_name_or_path, **hub))
 
 
-def model_card(config: dict) -> str:
-    """README.md of an exported model: front matter for the Hub, what it does, how well, on what data."""
-    from geotrainr.report import metrics_table
+#: The model card's body (Jinja, rendered by huggingface_hub); its YAML front matter is the ModelCardData.
+MODEL_CARD_TEMPLATE = """---
+{{ card_data }}
+---
 
+# geotrainr {{ what }} model
+
+Single-image geolocation: {{ what }} over {{ countries | length }} countries with a `{{ backbone }}` backbone, trained with [geotrainr](https://pypi.org/project/geotrainr/) {{ version }}.
+
+## Use
+
+```python
+import geotrainr
+locator = geotrainr.load("THIS_FOLDER_OR_REPO_ID")
+for guess in locator.locate(["photo.jpg"]):
+    print(guess.country, guess.probability, guess.lat, guess.lon, guess.nearest_place)
+```
+
+or `geotrainr locate THIS_FOLDER_OR_REPO_ID photo.jpg`. Input: {{ preprocessing.image_size }} px centre crop, mean {{ preprocessing.mean }}, std {{ preprocessing.std }} (applied by geotrainr).
+
+## Evaluation
+
+{% if metrics -%}
+Validation metrics of the exported checkpoint, as logged at its last validation:
+
+| metric | value | meaning |
+| --- | ---: | --- |
+{% for name, value, meaning in metrics -%}
+| `{{ name }}` | {{ value }} | {{ meaning }} |
+{% endfor %}
+{%- else -%}
+No validation metrics were recorded in the checkpoint; run `geotrainr report` on your data.
+{% endif %}
+## Training data
+
+{% if data -%}
+- index: `{{ data.get("index", "?") }}`
+{% if data.get("images") -%}
+- images per split: {{ images_per_split }}
+{% endif -%}
+{% for source in data.get("sources") or [] -%}
+- source: {{ source }}
+{% endfor -%}
+{% for licence in licences -%}
+- licence: {{ licence }}
+{% endfor -%}
+{% for credit in data.get("attribution") or [] -%}
+- attribution: {{ credit }}
+{% endfor -%}
+{% else -%}
+Not recorded in the checkpoint.
+{% endif -%}
+{% if demo_data %}
+Trained on geotrainr's offline demo data: aerial patches, not street imagery. Its figures say nothing about how it does on street photos.
+{% endif %}
+## Classes
+
+{{ countries | join(", ") }}
+{% if onnx %}
+## ONNX
+
+`model.onnx` holds the same network (backbone and heads, dynamic batch axis) for onnxruntime; its metadata repeats the classes and preprocessing of `config.json`. geotrainr decodes its outputs as for the torch weights: `geotrainr locate THIS_FOLDER photo.jpg --runtime onnx` or `geotrainr.load("THIS_FOLDER", runtime="onnx")`.
+{% endif %}"""
+
+TASK_NAMES = {"country": "country classification", "coords": "coordinate prediction", "distance": "distance prediction"}
+
+
+def model_card(config: dict, onnx: bool = False) -> str:
+    """The text of an exported model's README.md (see :func:`build_model_card`)."""
+    return str(build_model_card(config, onnx))
+
+
+def build_model_card(config: dict, onnx: bool = False) -> ModelCard:
+    """README.md of an exported model: Hub metadata (licence, tags, validation metrics), use, data, classes.
+
+    ``onnx``: the folder holds ``model.onnx`` too, and the card says how to run it.
+    """
     data = config.get("data") or {}
     licences = data.get("licences") or []
-    tasks = {"country": "country classification", "coords": "coordinate prediction", "distance": "distance prediction"}
-    what = tasks.get(config["task"], config["task"])
+    what = TASK_NAMES.get(config["task"], config["task"])
     if config.get("head") == "geocells":
         what = "coordinate prediction by geocell classification"
-    lines = [
-        "---",
-        "library_name: geotrainr",
-        "pipeline_tag: image-classification",
-        "tags:", "- geotrainr", "- geolocation", f"- {config['task']}",
-        f"license: {'cc-by-sa-4.0' if any('CC-BY-SA' in str(x) for x in licences) else 'other'}",
-        "---",
-        "",
-        f"# geotrainr {what} model",
-        "",
-        f"Single-image geolocation: {what} over {len(config['countries'])} countries with a `{config['backbone']}` "
-        f"backbone, trained with [geotrainr](https://pypi.org/project/geotrainr/) {config.get('geotrainr_version', '')}.",
-        "",
-        "## Use",
-        "",
-        "```python",
-        "import geotrainr",
-        "locator = geotrainr.load(\"THIS_FOLDER_OR_REPO_ID\")",
-        "for guess in locator.locate([\"photo.jpg\"]):",
-        "    print(guess.country, guess.probability, guess.lat, guess.lon, guess.nearest_place)",
-        "```",
-        "",
-        "or `geotrainr locate THIS_FOLDER_OR_REPO_ID photo.jpg`. Input: "
-        f"{config['preprocessing']['image_size']} px centre crop, mean {config['preprocessing']['mean']}, "
-        f"std {config['preprocessing']['std']} (applied by geotrainr).",
-        "",
-        "## Evaluation",
-        "",
-    ]
     metrics = {k.split("/", 1)[1]: float(v) for k, v in (config.get("metrics") or {}).items() if k.startswith("val/")}
-    if metrics:
-        lines += ["Validation metrics of the exported checkpoint, as logged at its last validation:", "",
-                  "| metric | value | meaning |", "| --- | ---: | --- |"]
-        lines += [f"| `{k}` | {v} | {m} |" for k, v, m in metrics_table(metrics) if k != "loss"]
-    else:
-        lines.append("No validation metrics were recorded in the checkpoint; run `geotrainr report` on your data.")
-    lines += ["", "## Training data", ""]
-    if data:
-        lines.append(f"- index: `{data.get('index', '?')}`")
-        if data.get("images"):
-            lines.append("- images per split: " + ", ".join(f"{k} {v:,}" for k, v in data["images"].items()))
-        for s in data.get("sources") or []:
-            lines.append(f"- source: {s}")
-        for lic in licences:
-            lines.append(f"- licence: {lic}")
-        for a in data.get("attribution") or []:
-            lines.append(f"- attribution: {a}")
-    else:
-        lines.append("Not recorded in the checkpoint.")
-    if any(s in ("bluemarble", "relief") for s in data.get("sources") or []):
-        lines += ["", "Trained on geotrainr's offline demo data: aerial patches, not street imagery. "
-                  "Its figures say nothing about how it does on street photos."]
-    lines += ["", "## Classes", "", ", ".join(config["countries"]), ""]
-    return "\n".join(lines)
+    metrics.pop("loss", None)
+    index_name = Path(str(data.get("index") or "training index")).name
+    card_data = ModelCardData(
+        library_name="geotrainr",
+        pipeline_tag="image-classification",
+        tags=["geotrainr", "geolocation", config["task"]],
+        license="cc-by-sa-4.0" if any("CC-BY-SA" in str(x) for x in licences) else "other",
+        model_name=f"geotrainr {what} model",
+        eval_results=[EvalResult(task_type="image-classification", dataset_type="geotrainr-index",
+                                 dataset_name=index_name, dataset_split="val", metric_type=k, metric_value=v)
+                      for k, v in metrics.items()] or None,
+    )
+    return ModelCard.from_template(
+        card_data,
+        template_str=MODEL_CARD_TEMPLATE,
+        what=what,
+        countries=list(config["countries"]),
+        backbone=config["backbone"],
+        version=config.get("geotrainr_version", ""),
+        preprocessing=config["preprocessing"],
+        metrics=metrics_table(metrics),
+        data=data,
+        licences=licences,
+        images_per_split=", ".join(f"{k} {v:,}" for k, v in (data.get("images") or {}).items()),
+        demo_data=any(s in ("bluemarble", "relief") for s in data.get("sources") or []),
+        onnx=onnx,
+    )
 
 
 #: what ``geotrainr export --format`` writes: the safetensors folder, or that folder and model.onnx too
 EXPORT_FORMATS = ("safetensors", "onnx")
-
-ONNX_CARD = """
-## ONNX
-
-`model.onnx` holds the same network (backbone and heads, dynamic batch axis) for onnxruntime; its
-metadata repeats the classes and preprocessing of `config.json`. geotrainr decodes its outputs as for
-the torch weights: `geotrainr locate THIS_FOLDER photo.jpg --runtime onnx` or
-`geotrainr.load("THIS_FOLDER", runtime="onnx")`.
-"""
-
 
 def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, force: bool = False,
                  format: str = "safetensors") -> Path:
@@ -173,18 +211,15 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, force: b
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        ExportedModel(model, {k: artifact.record.get(k) for k in ("metrics", "data")}).save_pretrained(tmp)
-        if format == "onnx":
-            from geotrainr.onnx_runtime import ONNX_NAME, export_onnx
-
+        onnx = format == "onnx"
+        ExportedModel(model, {k: artifact.record.get(k) for k in ("metrics", "data")}, onnx=onnx).save_pretrained(tmp)
+        if onnx:
             export_onnx(model, tmp / ONNX_NAME, tmp / WEIGHTS_NAME)
-            with open(tmp / "README.md", "a", encoding="utf-8") as card:
-                card.write(ONNX_CARD)
         replace_folder(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
-__all__ = ["CONFIG_NAME", "EXPORT_FORMATS", "WEIGHTS_NAME", "ExportedModel", "ExportError", "export_config",
-           "export_model", "model_card"]
+__all__ = ["CONFIG_NAME", "EXPORT_FORMATS", "WEIGHTS_NAME", "ExportedModel", "ExportError", "build_model_card",
+           "export_config", "export_model", "model_card"]

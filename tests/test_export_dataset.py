@@ -7,6 +7,7 @@ import io
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from huggingface_hub import DatasetCard
 from PIL import Image
 
 from conftest import make_image
@@ -35,9 +36,13 @@ def test_export_layout_card_and_shards(tmp_path, capsys):
     assert main(["export-dataset", str(index), "--out", str(out), "--shard-mb", "0.0001"]) == 0
     files = sorted(p.name for p in (out / "data").iterdir())
     assert files[0] == "test-00000-of-00003.parquet" and "validation-00002-of-00003.parquet" in files and len(files) == 9
-    card = (out / "README.md").read_text()
-    assert card.startswith("---\nlicense: cc-by-sa-4.0\n")
-    assert "path: data/validation-*" in card and "| validation | 3 | 1 |" in card and "- user0 (5)" in card
+    card = DatasetCard.load(out / "README.md")  # the Hub's own parser reads the card back
+    assert card.data.license == "cc-by-sa-4.0" and card.data.pretty_name == "hf"
+    assert {"split": "validation", "path": "data/validation-*"} in card.data.configs[0]["data_files"]
+    splits = {s["name"]: s["num_examples"] for s in card.data.dataset_info["splits"]}
+    assert splits == {"train": 3, "validation": 3, "test": 3}
+    assert {"name": "image", "dtype": "image"} in card.data.dataset_info["features"]
+    assert "| validation | 3 | 1 |" in card.text and "- user0 (5)" in card.text and "9 images under CC-BY-SA 4.0" in card.text
     shard = pq.read_table(out / "data" / "train-00000-of-00003.parquet")
     assert b"huggingface" in shard.schema.metadata
     row = shard.to_pylist()[0]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from huggingface_hub import ModelCard
 from PIL import Image
 
 import geotrainr
@@ -48,9 +49,14 @@ def test_export_round_trips_to_identical_predictions(ckpts, tmp_path, pictures, 
     config = json.loads((out / "config.json").read_text())
     assert config["library_name"] == "geotrainr" and config["task"] == kind and config["countries"]
     assert config["preprocessing"]["image_size"] == 64 and config["backbone"] == "test_efficientnet"
-    card = (out / "README.md").read_text()
-    assert card.startswith("---\nlibrary_name: geotrainr") and "## Evaluation" in card and "## Training data" in card
-    assert "| `err_km_median` |" in card  # the checkpoint's validation metrics
+    card = ModelCard.load(out / "README.md")  # the Hub's own parser reads the card back
+    assert card.data.library_name == "geotrainr" and card.data.pipeline_tag == "image-classification"
+    assert card.data.license == "other" and kind in card.data.tags
+    assert "## Evaluation" in card.text and "## Training data" in card.text and "## Classes" in card.text
+    assert "| `err_km_median` |" in card.text  # the checkpoint's validation metrics, as a table and as metadata
+    logged = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert "err_km_median" in logged and "loss" not in logged
+    assert logged["err_km_median"] == pytest.approx(config["metrics"]["val/err_km_median"])
     _same(Locator.load(ckpts[kind], device="cpu").locate(pictures), Locator.from_pretrained(out, device="cpu").locate(pictures))
     # the verbs take the folder wherever they take a checkpoint
     assert main(["locate", str(out), *map(str, pictures), "--format", "json"]) == 0

@@ -26,6 +26,7 @@ import pytest
 from PIL import Image
 
 from geotrainr.cli import main
+from geotrainr.commands.scrape import build_parser, config_from_args
 from geotrainr.data.index import read_index, validate_index
 from geotrainr.data.scrape import (
     Budget,
@@ -65,7 +66,7 @@ def scrape_args(url: str, out: Path, *extra: str, workers: int = 1) -> list[str]
     return [
         "--geonames", str(SAMPLE), "--countries", COUNTRIES, "--places", "100",
         "--headings", ",".join(f"{h:g}" for h in HEADINGS), "--size", "64x64",
-        "--api-url", url, "--out", str(out), "--workers", str(workers), "--rate", "0",
+        "--api-url", url, "--out", str(out), "--threads", str(workers), "--rate", "0",
         "--timeout", "0.3", "--retries", "6", "--backoff", "0.001", "--backoff-max", "0.01", "--quiet", *extra,
     ]
 
@@ -300,7 +301,7 @@ def test_help_lists_flags_without_secrets(capsys, monkeypatch):
     assert main(["scrape", "--help"]) == 0
     out, err = capsys.readouterr()
     for flag in ("--countries", "--geonames", "--per-country", "--headings", "--size", "--fov", "--source", "--api-url",
-                 "--backend", "--workers", "--rate", "--max-requests", "--dry-run", "--exclude", "GOOGLE_MAPS_API_KEY"):
+                 "--backend", "--threads", "--rate", "--max-requests", "--dry-run", "--exclude", "GOOGLE_MAPS_API_KEY"):
         assert flag in out
     assert_no_secret(None, out, err)
 
@@ -566,10 +567,28 @@ def test_config_file_holds_the_options_and_the_command_line_wins(tmp_path, capsy
         assert rc == 0 and fake.log == [], err  # --places replaces per_country (one of the two), 20 replaces 40
         assert "at most 102 billable image requests" in out and "caps this run at 20 image requests" in out
     assert not (tmp_path / "sv").exists()
-    for text, message in [("per_contry: 5\n", "unknown option 'per_contry'"), ("- a\n- b\n", "expected a mapping"),
-                          ("dry_run: maybe\n", "true or false"), ("x: [\n", "not a readable YAML file")]:
+    for text, message in [("per_contry: 5\n", "'per_contry' is not accepted"), ("- a\n- b\n", "Unexpected config"),
+                          ("dry_run: maybe\n", "not boolean: maybe"), ("x: [\n", "Problems parsing config")]:
         config.write_text(text)
         rc, out, err = run_cli(["--config", str(config), "--out", str(tmp_path / "sv"), "--places", "1"], capsys, monkeypatch)
         assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, err
     rc, _, err = run_cli(["--config", str(tmp_path / "none.yaml")], capsys, monkeypatch)
-    assert rc == 2 and "no such file" in err
+    assert rc == 2 and "does not exist" in err and len(err.strip().splitlines()) == 1
+
+
+def test_deprecated_spellings_warn_once_and_behave_like_the_new_ones(tmp_path, capsys):
+    """--workers, --split METHOD and --force-settings still work for one release, each with one stderr line."""
+    base = ["--geonames", str(SAMPLE), "--countries", COUNTRIES, "--places", "5", "-o", str(tmp_path / "sv")]
+    new = config_from_args(build_parser("geotrainr scrape").parse_args(
+        [*base, "--threads", "3", "--split-by", "block", "--force"]))
+    assert capsys.readouterr().err == ""
+    old = config_from_args(build_parser("geotrainr scrape").parse_args(
+        [*base, "--workers", "3", "--split", "block", "--force-settings"]))
+    assert old == new and (old.threads, old.split_by, old.force) == (3, "block", True)
+    assert capsys.readouterr().err.splitlines() == [
+        "geotrainr scrape: warning: --workers is deprecated, use --threads",
+        "geotrainr scrape: warning: --split is deprecated, use --split-by",
+        "geotrainr scrape: warning: --force-settings is deprecated, use --force",
+    ]
+    pano = config_from_args(build_parser("geotrainr scrape").parse_args([*base, "--split", "pano"]))
+    assert pano.split_by == "group" and pano.out == tmp_path / "sv"

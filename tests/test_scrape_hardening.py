@@ -298,8 +298,8 @@ def test_torn_images_and_settings_after_a_power_cut(tmp_path, capsys, monkeypatc
         rc, stdout, stderr = run_cli(scrape_args(fake.url, out), capsys, monkeypatch)
         assert rc == 2 and not fake.log, "an unreadable settings file refuses the resume before any request"
         line = stderr.strip().splitlines()
-        assert len(line) == 1 and "settings.json cannot be read" in line[0] and "--force-settings" in line[0]
-        rc, stdout, stderr = run_cli(scrape_args(fake.url, out, "--force-settings"), capsys, monkeypatch)
+        assert len(line) == 1 and "settings.json cannot be read" in line[0] and "--force" in line[0]
+        rc, stdout, stderr = run_cli(scrape_args(fake.url, out, "--force"), capsys, monkeypatch)
         assert rc == 0 and "complete" in stdout, stderr
         assert "3 recorded image(s) are damaged" in stderr
         assert "resume: 3 recorded image(s) missing or damaged and fetched again" in stdout
@@ -322,7 +322,7 @@ def test_settings_are_never_silently_replaced(tmp_path, capsys, monkeypatch, ref
         (out / "state" / "settings.json").write_text('{"size": "64x6')  # torn by a power cut
         rc, stdout, stderr = run_cli(args, capsys, monkeypatch)
         assert rc == 2 and "cannot be read" in stderr and not fake.log
-        rc, stdout, stderr = run_cli([*args, "--force-settings"], capsys, monkeypatch)
+        rc, stdout, stderr = run_cli([*args, "--force"], capsys, monkeypatch)
         assert rc == 0 and "complete" in stdout, stderr
         assert len(fake.requests("image")) == n, "every 64x64 image is fetched again at 96x96"
     df = read_index(out / "index.parquet")

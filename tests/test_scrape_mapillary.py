@@ -56,7 +56,7 @@ def make_fake(**kw) -> FakeMapillary:
 def args_for(url: str, out: Path, *extra: str, workers: int = 1) -> list[str]:
     return [
         "--source", "mapillary", "--geonames", str(SAMPLE), "--countries", COUNTRIES, "--places", "100",
-        "--size", "64x64", "--api-url", url, "--out", str(out), "--workers", str(workers), "--rate", "0",
+        "--size", "64x64", "--api-url", url, "--out", str(out), "--threads", str(workers), "--rate", "0",
         "--timeout", "2", "--retries", "8", "--backoff", "0.001", "--backoff-max", "0.01", "--quiet", *extra,
     ]
 

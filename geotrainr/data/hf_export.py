@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from huggingface_hub import DatasetCard, DatasetCardData
 
 from geotrainr.files import replace_folder
 from geotrainr.data.schema import SPLITS, IndexValidationError, image_label
@@ -122,55 +123,109 @@ def _schema(table: pa.Table) -> pa.Schema:
     return pa.schema([image, *table.schema]).with_metadata(meta)
 
 
-def _card(df: pd.DataFrame, result: ExportResult, features: dict, name: str, source_index: str) -> str:
-    """README.md: YAML front matter the Hub reads, then what the data is, its splits and whom to credit."""
-    lines = ["---", f"license: {result.licence}", f"pretty_name: {name}", "task_categories:", "- image-classification",
-             "tags:", "- geolocation", "- street-level-imagery", "configs:", "- config_name: default", "  data_files:"]
-    for split, n in result.rows.items():
-        lines += [f"  - split: {HF_SPLITS[split]}", f"    path: data/{HF_SPLITS[split]}-*"]
-    lines += ["dataset_info:", "  features:"]
-    for fname, spec in features.items():
-        lines += [f"  - name: {fname}", f"    dtype: {'image' if spec['_type'] == 'Image' else spec['dtype']}"]
-    lines += ["  splits:"]
-    for split, n in result.rows.items():
-        lines += [f"  - name: {HF_SPLITS[split]}", f"    num_bytes: {result.nbytes.get(split, 0)}", f"    num_examples: {n}"]
-    lines += ["---", "", f"# {name}", "",
-              f"Street-level images with the coordinates (WGS84 `lat`, `lon`) and the country (ISO 3166-1 alpha-2, "
-              f"`country`) where each was taken: {len(df)} images in {df['country'].nunique()} countries, exported "
-              f"from the geotrainr index `{source_index}`.", "",
-              "## Splits", "", "| split | images | countries |", "| --- | ---: | ---: |"]
-    for split, n in result.rows.items():
-        sub = df[df["split"] == split]
-        lines.append(f"| {HF_SPLITS[split]} | {n} | {sub['country'].nunique()} |")
-    lines += ["", "Views of one place (one panorama, one capture sequence, points a few metres apart) were kept "
-              "in one split when the index was split by place (`geotrainr index`, the default).", "",
-              "## Columns", "", "| column | type |", "| --- | --- |"]
-    lines += [f"| `{k}` | {'image' if v['_type'] == 'Image' else v['dtype']} |" for k, v in features.items()]
-    lines += ["", "## Licence and attribution", ""]
-    if "licence" in df.columns and df["licence"].notna().any():
-        for lic, n in df["licence"].fillna("not stated").value_counts().items():
-            lines.append(f"- {n} images under {lic}")
-    else:
-        lines.append("The index states no licence for its images: set one before publishing.")
-    if "source" in df.columns:
-        lines.append("")
-        lines.append("Sources: " + ", ".join(f"{s} ({n})" for s, n in df["source"].fillna("unknown").value_counts().items()) + ".")
-    if "creator" in df.columns and df["creator"].notna().any():
-        creators = df["creator"].dropna().astype(str).value_counts()
-        lines += ["", f"Images by {len(creators)} contributors (the `creator` column credits each image); the most "
-                  "prolific:", ""]
-        lines += [f"- {c} ({n})" for c, n in creators.head(50).items()]
-        if len(creators) > 50:
-            lines.append(f"- and {len(creators) - 50} more")
-    if "source" in df.columns and (df["source"] == "osv5m").any():
-        lines += ["", "OpenStreetView-5M: Astruc et al., *OpenStreetView-5M: The Many Roads to Global Visual "
-                  "Geolocation*, CVPR 2024; imagery from Mapillary contributors."]
-    lines += ["", "Coordinates to countries: GeoNames (CC BY 4.0) where the source gave no country.", "",
-              "## Use", "", "```python", "from datasets import load_dataset", "",
-              'ds = load_dataset("parquet", data_dir="PATH/TO/THIS/FOLDER")  # or load_dataset("USER/NAME") once pushed',
-              'ds["train"][0]["image"]  # a PIL image', "```", "",
-              "Publish: `huggingface-cli upload USER/NAME PATH/TO/THIS/FOLDER . --repo-type dataset`.", ""]
-    return "\n".join(lines)
+#: The dataset card's body (Jinja, rendered by huggingface_hub); its YAML front matter is the DatasetCardData.
+DATASET_CARD_TEMPLATE = """---
+{{ card_data }}
+---
+
+# {{ name }}
+
+Street-level images with the coordinates (WGS84 `lat`, `lon`) and the country (ISO 3166-1 alpha-2, `country`) where each was taken: {{ images }} images in {{ countries }} countries, exported from the geotrainr index `{{ source_index }}`.
+
+## Splits
+
+| split | images | countries |
+| --- | ---: | ---: |
+{% for split, n, k in splits -%}
+| {{ split }} | {{ n }} | {{ k }} |
+{% endfor %}
+Views of one place (one panorama, one capture sequence, points a few metres apart) were kept in one split when the index was split by place (`geotrainr index`, the default).
+
+## Columns
+
+| column | type |
+| --- | --- |
+{% for column, dtype in columns -%}
+| `{{ column }}` | {{ dtype }} |
+{% endfor %}
+## Licence and attribution
+
+{% for licence, n in licences -%}
+- {{ n }} images under {{ licence }}
+{% else -%}
+The index states no licence for its images: set one before publishing.
+{% endfor -%}
+{% if sources %}
+Sources: {{ sources }}.
+{% endif -%}
+{% if creators %}
+Images by {{ creator_count }} contributors (the `creator` column credits each image); the most prolific:
+
+{% for creator, n in creators -%}
+- {{ creator }} ({{ n }})
+{% endfor -%}
+{% if creator_count > creators | length -%}
+- and {{ creator_count - creators | length }} more
+{% endif -%}
+{% endif -%}
+{% if osv5m %}
+OpenStreetView-5M: Astruc et al., *OpenStreetView-5M: The Many Roads to Global Visual Geolocation*, CVPR 2024; imagery from Mapillary contributors.
+{% endif %}
+Coordinates to countries: GeoNames (CC BY 4.0) where the source gave no country.
+
+## Use
+
+```python
+from datasets import load_dataset
+
+ds = load_dataset("parquet", data_dir="PATH/TO/THIS/FOLDER")  # or load_dataset("USER/NAME") once pushed
+ds["train"][0]["image"]  # a PIL image
+```
+
+Publish: `huggingface-cli upload USER/NAME PATH/TO/THIS/FOLDER . --repo-type dataset`.
+"""
+#: creators named on the card (the ``creator`` column credits every image)
+CARD_CREATORS = 50
+
+
+def _dtype(spec: dict) -> str:
+    return "image" if spec["_type"] == "Image" else spec["dtype"]
+
+
+def _card(df: pd.DataFrame, result: ExportResult, features: dict, name: str, source_index: str) -> DatasetCard:
+    """README.md: the Hub's metadata (licence, configs, features, splits), then what the data is and whom to credit."""
+    splits = [HF_SPLITS[s] for s in result.rows]
+    card_data = DatasetCardData(
+        license=result.licence,
+        pretty_name=name,
+        task_categories=["image-classification"],
+        tags=["geolocation", "street-level-imagery"],
+        configs=[{"config_name": "default",
+                  "data_files": [{"split": s, "path": f"data/{s}-*"} for s in splits]}],
+        dataset_info={
+            "features": [{"name": k, "dtype": _dtype(v)} for k, v in features.items()],
+            "splits": [{"name": HF_SPLITS[s], "num_bytes": result.nbytes.get(s, 0), "num_examples": n}
+                       for s, n in result.rows.items()],
+        },
+    )
+    has = {c: c in df.columns and df[c].notna().any() for c in ("licence", "source", "creator")}
+    creators = df["creator"].dropna().astype(str).value_counts() if has["creator"] else pd.Series(dtype=int)
+    return DatasetCard.from_template(
+        card_data,
+        template_str=DATASET_CARD_TEMPLATE,
+        name=name,
+        images=len(df),
+        countries=df["country"].nunique(),
+        source_index=source_index,
+        splits=[(HF_SPLITS[s], n, df.loc[df["split"] == s, "country"].nunique()) for s, n in result.rows.items()],
+        columns=[(k, _dtype(v)) for k, v in features.items()],
+        licences=list(df["licence"].fillna("not stated").value_counts().items()) if has["licence"] else [],
+        sources=(", ".join(f"{s} ({n})" for s, n in df["source"].fillna("unknown").value_counts().items())
+                 if "source" in df.columns else ""),
+        creators=list(creators.head(CARD_CREATORS).items()),
+        creator_count=len(creators),
+        osv5m="source" in df.columns and bool((df["source"] == "osv5m").any()),
+    )
 
 
 def export_dataset(
@@ -253,7 +308,7 @@ def export_dataset(
             result.rows[split] = len(sub)
             result.nbytes[split] = int(total_bytes + table.nbytes)
             result.shards[split] = len(written)
-        (tmp / "README.md").write_text(_card(df, result, features, name or out.name, str(index)), encoding="utf-8")
+        _card(df, result, features, name or out.name, str(index)).save(tmp / "README.md")
         replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

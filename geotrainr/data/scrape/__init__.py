@@ -1,13 +1,16 @@
 """Collecting a street dataset: GeoNames places -> metadata -> images -> index.parquet.
 
-``places`` samples candidate locations, ``client`` speaks the Street View
-Static API (signing, retries, rate limit, budget), ``mapillary`` the
-Mapillary API v4 through the same retries and budget, ``backends`` fetch URLs
-(stdlib HTTP or headless Chromium), ``writer`` keeps the output folder
+``config`` holds a run's settings, ``places`` samples candidate locations,
+``planning`` picks the places still to do and estimates the cost, ``client``
+speaks the Street View Static API (signing), ``mapillary`` the Mapillary API
+v4, both through the retries, rate limit and budget of ``limits``;
+``scheduler`` runs the places on threads (stop, Ctrl-C), ``backends`` fetch
+URLs (stdlib HTTP or headless Chromium), ``writer`` keeps the output folder
 resumable, ``run`` ties them together. The command is ``geotrainr scrape``.
 """
 
-from geotrainr.data.scrape.client import Budget, Credentials, ImageSpec, RetryPolicy, StreetViewClient, sign_url
+from geotrainr.data.scrape.client import Credentials, ImageSpec, StreetViewClient, sign_url
+from geotrainr.data.scrape.config import ScrapeConfig
 from geotrainr.data.scrape.exceptions import (
     BackendError,
     RequestDeniedError,
@@ -15,9 +18,11 @@ from geotrainr.data.scrape.exceptions import (
     ScrapeError,
     redact,
 )
+from geotrainr.data.scrape.limits import Budget, RetryPolicy
 from geotrainr.data.scrape.mapillary import MapillaryClient, MapillaryToken
 from geotrainr.data.scrape.places import Place, PlacesError, load_places, read_geonames, sample_places
-from geotrainr.data.scrape.run import ScrapeConfig, Scraper, Stats, scrape
+from geotrainr.data.scrape.run import Scraper, scrape
+from geotrainr.data.scrape.scheduler import Stats
 
 __all__ = [
     "BackendError",

@@ -18,17 +18,15 @@ import hashlib
 import hmac
 import json
 import os
-import random
 import re
 import threading
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlencode, urlsplit
 
 from geotrainr.data.scrape.backends import Backend, Response
 from geotrainr.data.scrape.exceptions import (
-    BudgetReached,
     InvalidAnswer,
     RequestDeniedError,
     ResponseTooLarge,
@@ -39,14 +37,17 @@ from geotrainr.data.scrape.exceptions import (
     TransportError,
     redact,
 )
+from geotrainr.data.scrape.limits import Budget, RateLimiter, RetryPolicy
 from geotrainr.data.scrape.records import Panorama, normalise_image, panorama_from_metadata
+
+if TYPE_CHECKING:
+    from geotrainr.data.scrape.config import ScrapeConfig
 
 GOOGLE_API_URL = "https://maps.googleapis.com/maps/api/streetview"
 KEY_ENV = "GOOGLE_MAPS_API_KEY"
 SECRET_ENV = "GOOGLE_MAPS_URL_SIGNING_SECRET"
 MAX_SIZE = 640  # Street View Static API: images up to 640x640
 MAX_FOV = 120.0
-SOURCES = ("outdoor", "default")
 
 #: Metadata statuses (Street View Static API documentation).
 MISS_STATUSES = {"ZERO_RESULTS", "NOT_FOUND"}
@@ -133,6 +134,7 @@ class ImageSpec:
     fov: float = 90.0
     pitch: float = 0.0
     radius: int = 50
+    #: ``--source``: ``outdoor`` or ``default`` (Street View panoramas), ``mapillary``; it picks the client.
     source: str = "outdoor"
 
     def validate(self) -> ImageSpec:
@@ -144,8 +146,6 @@ class ImageSpec:
             raise ScrapeError(f"--pitch {self.pitch:g}: must be in [-90, 90] degrees")
         if self.radius < 1:
             raise ScrapeError(f"--radius {self.radius}: must be at least 1 metre")
-        if self.source not in SOURCES:
-            raise ScrapeError(f"--source {self.source!r}: use one of {', '.join(SOURCES)}")
         return self
 
     @property
@@ -162,80 +162,8 @@ def parse_size(text: str) -> tuple[int, int]:
     return w, int(m.group(2) or w)
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff with jitter; ``attempts`` counts the first try."""
-
-    attempts: int = 6
-    base_delay: float = 0.5
-    max_delay: float = 30.0
-    timeout: float = 20.0
-
-    def delay(self, attempt: int, retry_after: float | None = None) -> float:
-        """Seconds to wait after failed try number ``attempt`` (0-based): half fixed, half random."""
-        d = min(self.max_delay, self.base_delay * (2**attempt))
-        d = d / 2 + random.uniform(0, d / 2)
-        if retry_after is not None:
-            d = max(d, min(retry_after, self.max_delay))
-        return d
-
-
-class Budget:
-    """Counts requests (thread-safe) and refuses the ones over the caps.
-
-    Image requests are billed; metadata requests are free but counted on their
-    own. Every try counts, retries included: the cap is a hard upper bound on
-    what Google can bill for this run.
-    """
-
-    def __init__(self, max_images: int | None = None, max_metadata: int | None = None):
-        self.max_images = max_images
-        self.max_metadata = max_metadata
-        self.images = 0
-        self.metadata = 0
-        self.retries = 0
-        self.reached: str | None = None
-        self._lock = threading.Lock()
-
-    def reserve(self, kind: str) -> None:
-        with self._lock:
-            if kind == "image":
-                if self.max_images is not None and self.images >= self.max_images:
-                    self.reached = self.reached or "image"
-                    raise BudgetReached(kind)
-                self.images += 1
-            else:
-                if self.max_metadata is not None and self.metadata >= self.max_metadata:
-                    self.reached = self.reached or "metadata"
-                    raise BudgetReached(kind)
-                self.metadata += 1
-
-    def count_retry(self) -> None:
-        with self._lock:
-            self.retries += 1
-
-
-class RateLimiter:
-    """At most ``rate`` requests per second over all threads (0: no limit)."""
-
-    def __init__(self, rate: float = 0.0):
-        self.interval = 1.0 / rate if rate and rate > 0 else 0.0
-        self._next = 0.0
-        self._lock = threading.Lock()
-
-    def wait(self, stop: threading.Event | None = None) -> None:
-        if not self.interval:
-            return
-        with self._lock:
-            now = time.monotonic()
-            slot = max(now, self._next)
-            self._next = slot + self.interval
-        if slot > now:
-            if stop is not None:
-                if stop.wait(slot - now):
-                    raise Stopped()
-            else:
-                time.sleep(slot - now)
+def money(requests: int, price_per_1000: float) -> str:
+    return f"{requests * price_per_1000 / 1000:.2f} USD"
 
 
 class _Retry(Exception):
@@ -256,9 +184,72 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
 class StreetViewClient:
     """Metadata and image requests with retries, rate limit and budget.
 
-    Thread-safe: several workers share one client (the budget, the rate
-    limiter and the backend are thread-safe).
+    Thread-safe: several threads share one client (the budget, the rate
+    limiter and the backend are thread-safe). The class attributes and
+    class methods are what a run asks of its source before and after
+    collecting: every difference between sources lives in the client classes.
     """
+
+    #: the ``--source`` values this client serves
+    SOURCES: tuple[str, ...] = ("outdoor", "default")
+    #: the ``source`` column of its rows
+    NAME = "streetview"
+    API_URL = GOOGLE_API_URL
+    #: What one collected item is called in messages.
+    NOUN = "panorama"
+
+    # --- what a run asks of its source -------------------------------------------
+
+    @classmethod
+    def credentials_from_env(cls, env: Mapping[str, str]) -> Credentials:
+        return Credentials.from_env(env)
+
+    @classmethod
+    def from_config(cls, backend: Backend, credentials: Credentials, cfg: ScrapeConfig, budget: Budget,
+                    limiter: RateLimiter, stop: threading.Event) -> StreetViewClient:
+        return cls(backend, credentials, cfg.spec, cfg.endpoint, cfg.retry, budget, limiter, stop)
+
+    @classmethod
+    def check_config(cls, cfg: ScrapeConfig) -> None:
+        """Refuse settings this source cannot honour (one line, exit 2)."""
+        if cfg.panoramas or cfg.one_per_sequence:
+            raise ScrapeError("--panoramas and --one-per-sequence apply to --source mapillary only")
+
+    @classmethod
+    def settings(cls, cfg: ScrapeConfig) -> dict:
+        """Settings that must stay the same for every run writing into one folder."""
+        s = cfg.spec
+        return {"size": s.size, "fov": s.fov, "pitch": s.pitch, "radius": s.radius, "source": s.source,
+                "jitter_m": cfg.jitter_m, "jitter_seed": cfg.seed if cfg.jitter_m else None}
+
+    @classmethod
+    def headings_to_collect(cls, headings: list[float]) -> list[float]:
+        """The headings a finished place must have on record (new headings reopen it)."""
+        return [float(h) for h in headings]
+
+    @classmethod
+    def plan_lines(cls, cfg: ScrapeConfig, places_to_do: int, views_on_record: int) -> list[str]:
+        """What will be fetched and what it may cost, before anything is sent."""
+        s = cfg.spec
+        headings = ",".join(f"{h:g}" for h in cfg.headings)
+        worst = places_to_do * len(cfg.headings) - views_on_record
+        lines = [f"views: headings {headings} at {s.size}, fov {s.fov:g}, pitch {s.pitch:g}, "
+                 f"source={s.source}, radius {s.radius} m",
+                 f"cost: at most {worst} billable image requests (if every place has a panorama) = "
+                 f"{money(worst, cfg.price_per_1000)} at {cfg.price_per_1000:g} USD per 1000; "
+                 f"{places_to_do} metadata requests (free of charge)"]
+        if cfg.max_requests is not None:
+            lines.append(f"budget: --max-requests {cfg.max_requests} caps this run at {cfg.max_requests} image requests "
+                         f"= {money(cfg.max_requests, cfg.price_per_1000)}, retries included")
+        if cfg.max_metadata is not None:
+            lines.append(f"budget: --max-metadata {cfg.max_metadata} caps this run's metadata requests")
+        return lines
+
+    @classmethod
+    def requests_line(cls, budget: Budget, price_per_1000: float) -> str:
+        """The summary's count of requests sent."""
+        return (f"requests: {budget.images} image (billable, = {money(budget.images, price_per_1000)}), "
+                f"{budget.metadata} metadata (free), {budget.retries} retries")
 
     def __init__(
         self,
@@ -411,7 +402,7 @@ class StreetViewClient:
         except InvalidAnswer as e:
             raise type(e)(f"image refused: {self.redact(str(e), SNIPPET_CHARS)}") from None
 
-    # --- the seam the run loop uses (one per source) ----------------------------
+    # --- what the scheduler asks per place (one answer per source) -------------------
 
     def views(self, pano: Panorama, headings: list[float]) -> list[float]:
         """The headings to store for one panorama: every asked heading."""
@@ -423,4 +414,4 @@ class StreetViewClient:
 
     def row_fields(self, pano: Panorama) -> dict:
         """Source-specific columns of a stored view."""
-        return {"pitch": float(self.spec.pitch), "fov": float(self.spec.fov), "source": "streetview"}
+        return {"pitch": float(self.spec.pitch), "fov": float(self.spec.fov), "source": self.NAME}

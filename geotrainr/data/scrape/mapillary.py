@@ -1,7 +1,7 @@
 """Mapillary API v4 as a collection source: openly licensed (CC-BY-SA 4.0) street photos.
 
-The run loop of :mod:`geotrainr.data.scrape.run` is the same as for Street
-View; this client answers its two questions differently. ``metadata(lat,
+The scheduler of :mod:`geotrainr.data.scrape.scheduler` is the same as for
+Street View; this client answers its questions differently. ``metadata(lat,
 lon)`` searches ``GET <api>/images?bbox=..`` (paged, each page one
 "metadata" request) and picks the nearest flat photo within the radius (ties
 by id); ``fetch`` downloads its ``thumb_1024_url`` (one "image" request),
@@ -21,19 +21,11 @@ import math
 import re
 import threading
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 from urllib.parse import urlencode, urljoin, urlsplit
 
 from geotrainr.data.scrape.backends import Backend, Response
-from geotrainr.data.scrape.client import (
-    SNIPPET_CHARS,
-    Budget,
-    ImageSpec,
-    RateLimiter,
-    RetryPolicy,
-    StreetViewClient,
-    _Retry,
-    _retry_after,
-)
+from geotrainr.data.scrape.client import SNIPPET_CHARS, ImageSpec, StreetViewClient, _Retry, _retry_after
 from geotrainr.data.scrape.exceptions import (
     InvalidAnswer,
     RequestDeniedError,
@@ -46,7 +38,11 @@ from geotrainr.data.scrape.records import (
     _number,
     _text,
 )
+from geotrainr.data.scrape.limits import Budget, RateLimiter, RetryPolicy
 from geotrainr.geo import haversine_km, offset_latlon
+
+if TYPE_CHECKING:
+    from geotrainr.data.scrape.config import ScrapeConfig
 
 MAPILLARY_API_URL = "https://graph.mapillary.com"
 TOKEN_ENV = "MAPILLARY_ACCESS_TOKEN"
@@ -156,6 +152,58 @@ def image_from_entry(entry: object) -> Panorama:
 
 class MapillaryClient(StreetViewClient):
     """Search and thumbnail requests with the Street View client's retries, budget, deadlines and byte limits."""
+
+    SOURCES = ("mapillary",)
+    NAME = SOURCE_LABEL
+    API_URL = MAPILLARY_API_URL
+    NOUN = "photo"
+
+    @classmethod
+    def credentials_from_env(cls, env: Mapping[str, str]) -> MapillaryToken:  # type: ignore[override]
+        return MapillaryToken.from_env(env)
+
+    @classmethod
+    def from_config(cls, backend: Backend, credentials: MapillaryToken, cfg: ScrapeConfig,  # type: ignore[override]
+                    budget: Budget, limiter: RateLimiter, stop: threading.Event) -> MapillaryClient:
+        return cls(backend, credentials, cfg.spec, cfg.endpoint, cfg.retry, budget, limiter, stop, cfg.panoramas)
+
+    @classmethod
+    def check_config(cls, cfg: ScrapeConfig) -> None:
+        if cfg.backend != "http":
+            raise ScrapeError("--source mapillary works with --backend http only")
+
+    @classmethod
+    def settings(cls, cfg: ScrapeConfig) -> dict:
+        s = cfg.spec
+        return {"collector": cls.NAME, "size": s.size, "radius": s.radius, "panoramas": cfg.panoramas,
+                "one_per_sequence": cfg.one_per_sequence,
+                "jitter_m": cfg.jitter_m, "jitter_seed": cfg.seed if cfg.jitter_m else None}
+
+    @classmethod
+    def headings_to_collect(cls, headings: list[float]) -> list[float]:
+        """None: one photo per place, so a finished place is done whatever the headings."""
+        return []
+
+    @classmethod
+    def plan_lines(cls, cfg: ScrapeConfig, places_to_do: int, views_on_record: int) -> list[str]:
+        s = cfg.spec
+        kind = "photos and panoramas" if cfg.panoramas else "flat photos (no panoramas)"
+        per = ", one per sequence" if cfg.one_per_sequence else ""
+        lines = [f"views: Mapillary {kind}, the nearest within {s.radius} m of each place{per}, stored at {s.size}; "
+                 "licence CC-BY-SA 4.0 (attribution: the creator column)",
+                 f"requests: at most {places_to_do} thumbnail requests and {places_to_do} to "
+                 f"{places_to_do * MAX_PAGES} search requests (free of charge)"]
+        if cfg.max_requests is not None:
+            lines.append(f"budget: --max-requests {cfg.max_requests} caps this run at {cfg.max_requests} thumbnail "
+                         "requests, retries included")
+        if cfg.max_metadata is not None:
+            lines.append(f"budget: --max-metadata {cfg.max_metadata} caps this run's search requests")
+        return lines
+
+    @classmethod
+    def requests_line(cls, budget: Budget, price_per_1000: float) -> str:
+        return (f"requests: {budget.images} thumbnail, {budget.metadata} search (free of charge), "
+                f"{budget.retries} retries")
 
     def __init__(self, backend: Backend, token: MapillaryToken, spec: ImageSpec, api_url: str = MAPILLARY_API_URL,
                  retry: RetryPolicy | None = None, budget: Budget | None = None, limiter: RateLimiter | None = None,

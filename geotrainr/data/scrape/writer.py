@@ -161,7 +161,7 @@ class DatasetStore:
 
         A settings file that cannot be read (empty, torn, not JSON) refuses the
         run, as does a folder that holds collected work but no settings file:
-        guessing would mix image sizes. ``force`` (``--force-settings``)
+        guessing would mix image sizes. ``force`` (``--force``)
         records this run's settings instead; images of another size are then
         found by the resume check and fetched again.
         """
@@ -189,7 +189,7 @@ class DatasetStore:
             problem = "is missing although the folder holds collected images"
         if problem is not None and not force:
             raise ScrapeError(
-                f"{path} {problem}: the image settings of this folder are unknown; give --force-settings to record "
+                f"{path} {problem}: the image settings of this folder are unknown; give --force to record "
                 "this run's settings (images of another size are then fetched again), or use a new --out"
             )
         if write:
@@ -403,7 +403,7 @@ class DatasetStore:
 
     # --- the index -----------------------------------------------------------
 
-    def write_final_index(self, rows: pd.DataFrame, split: str = "pano", val: float = 0.2, test: float = 0.0,
+    def write_final_index(self, rows: pd.DataFrame, split: str = "group", val: float = 0.2, test: float = 0.0,
                           seed: int = 0, block_km: float = 50.0) -> Path | None:
         """Write ``index.parquet`` (atomically) from every collected row, with a split column."""
         if len(rows) == 0:
@@ -418,14 +418,14 @@ class DatasetStore:
 def add_splits(df: pd.DataFrame, method: str, val: float, test: float, seed: int, block_km: float) -> pd.DataFrame:
     """A split column that keeps every view of one panorama in the same split.
 
-    ``pano``: seeded random split over panoramas (views of one panorama are
+    ``group``: seeded random split over panoramas (views of one panorama are
     near-duplicates and must not straddle train and val). ``block``: whole
     geographic cells of ``block_km`` per split (nearby panoramas too).
     """
     if method == "block":
         return assign_splits(df, "block", val=val, test=test, seed=seed, block_km=block_km)
-    if method != "pano":
-        raise ScrapeError(f"unknown split method {method!r}: use pano or block")
+    if method != "group":
+        raise ScrapeError(f"unknown split method {method!r}: use group or block")
     panos = df.drop_duplicates("pano_id")[["pano_id", "lat", "lon"]].sort_values("pano_id").reset_index(drop=True)
     panos = assign_splits(panos, "random", val=val, test=test, seed=seed)
     out = df.copy()
