@@ -76,7 +76,7 @@ class ExportedModel(ModelHubMixin, library_name="geotrainr", tags=["geotrainr", 
 
 def model_card(config: dict) -> str:
     """README.md of an exported model: front matter for the Hub, what it does, how well, on what data."""
-    from geotrainr.report import metrics_table
+    from geotrainr.metrics import metrics_table
 
     data = config.get("data") or {}
     licences = data.get("licences") or []
