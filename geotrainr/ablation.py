@@ -30,9 +30,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
+
 from geotrainr.config_files import CONFIG_DIR
+from geotrainr.data.demo import is_demo_name
 from geotrainr.errors import GeotrainrError
 from geotrainr.files import write_text_atomic
+from geotrainr.lightning_cli import run_lightning
+from geotrainr.augment import AUGMENT_POLICIES
+from geotrainr.report import evaluate
 from geotrainr.runs import RunNotFoundError, find_checkpoint
 
 GROUPS = ("a", "b", "c", "d", "aug", "res", "mt")
@@ -109,8 +115,6 @@ def parse_backbone(spec: str) -> tuple[str, list[str]]:
 def plan(groups: Sequence[str] = DEFAULT_GROUPS, backbones: Sequence[str] = DEFAULT_BACKBONES,
          sizes: Sequence[int] = DEFAULT_SIZES) -> list[Run]:
     """The runs of the chosen groups; the country model of the first backbone initialises b and d."""
-    from geotrainr.augment import AUGMENT_POLICIES
-
     unknown = sorted(set(groups) - set(GROUPS))
     if unknown or not groups:
         raise AblationError(f"unknown group(s) {', '.join(unknown) or '(none)'}: choose from {', '.join(GROUPS)}")
@@ -182,13 +186,8 @@ def run_study(
     ``extra`` are overrides for every run (e.g. ``--trainer.limit_train_batches=10``),
     ``geocell_extra`` for the geocell and multi-task runs only (e.g. ``--model.init_args.max_per_cell=50``).
     """
-    from geotrainr.lightning_cli import run_lightning
-    from geotrainr.report import evaluate
-
     configs = CONFIG_DIR  # package data: a wheel install has them too
     workdir = Path(workdir).resolve()
-    from geotrainr.data.demo import is_demo_name
-
     index_arg = str(index) if is_demo_name(index) else str(Path(index).resolve())
     common = [f"--data.init_args.index={index_arg}", f"--seed_everything={seed}", "--trainer.enable_progress_bar=false",
               "--trainer.enable_model_summary=false"]
@@ -331,8 +330,6 @@ def write_results(runs: Sequence[Run], out: str | os.PathLike, command: str, ind
     """``out`` (Markdown) with every table (per evaluation set when there are several, then each group across
     the sets), the goals, the command, the data, the machine and the date; the raw numbers beside it as
     ``<out>.json``."""
-    import torch
-
     out = Path(out)
     sets = list(dict.fromkeys(r.index or index for r in runs)) or [index]
     notes = data_note if isinstance(data_note, dict) else {s: data_note for s in sets}

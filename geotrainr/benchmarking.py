@@ -14,7 +14,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from geotrainr.data.index import validate_index, write_index
+from geotrainr.data.sources import reader
 from geotrainr.errors import GeotrainrError
+from geotrainr.report import evaluate
 
 #: benchmark -> (index source format, the split of it that is the benchmark)
 BENCHMARKS = {"im2gps3k": ("im2gps3k", "test"), "yfcc4k": ("yfcc4k", "test"), "osv5m-test": ("osv5m", "test")}
@@ -74,9 +77,6 @@ def benchmark_index(name: str, data: str | os.PathLike, workdir: str | os.PathLi
 
     Returns the index path and the items left out (id without an image, bad coordinates).
     """
-    from geotrainr.data.index import validate_index, write_index
-    from geotrainr.data.sources import reader
-
     if name not in BENCHMARKS:
         raise BenchmarkError(f"unknown benchmark {name!r}; use one of {', '.join(BENCHMARKS)}")
     fmt, split = BENCHMARKS[name]
@@ -91,8 +91,6 @@ def benchmark_index(name: str, data: str | os.PathLike, workdir: str | os.PathLi
 def run_benchmark(model, name: str, data: str | os.PathLike, images: str | os.PathLike | None = None,
                   columns: dict[str, str] | None = None, **evaluate_kwargs):
     """Evaluate ``model`` (checkpoint, exported folder, Hub id or Locator) on a benchmark; returns the Evaluation."""
-    from geotrainr.report import evaluate
-
     with tempfile.TemporaryDirectory(prefix=f"geotrainr-{name}-") as tmp:
         index, skipped = benchmark_index(name, data, tmp, images, columns)
         ev = evaluate(model, index=index, split="test", **evaluate_kwargs)

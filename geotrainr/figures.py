@@ -27,7 +27,9 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
 
+from geotrainr import maps, plots
 from geotrainr.errors import GeotrainrError
+from geotrainr.predictions import make_guesses
 
 #: the logged pictures' names
 TAGS = ("val/map", "val/confusion", "val/photos")
@@ -186,8 +188,6 @@ class ValidationFigures(Callback):
 
     def draw(self, e: _Collected, pl_module: LightningModule, epoch: int) -> dict[str, np.ndarray]:
         """The pictures of one epoch's collected guesses: ``{tag: (H, W, 3) uint8 pixels}``."""
-        from geotrainr import maps, plots
-
         countries = list(pl_module.countries)
         seen = e.seen.cpu().numpy()
         ok = seen > 0
@@ -199,8 +199,6 @@ class ValidationFigures(Callback):
         if e.counts is not None:
             guessed = [countries[k] for k in np.rint(e.guess_class.cpu().numpy()[ok] / seen[ok]).astype(int)]
         else:  # a linear coordinate model guesses the country its coordinates fall in
-            from geotrainr.predictions import make_guesses
-
             guessed = [g.country for g in make_guesses(names, guess, None, {}, countries, top_k=0)]
         when = f"validation, epoch {epoch}"
         pictures: dict[str, np.ndarray] = {}

@@ -23,7 +23,7 @@ from geotrainr.artifact import CONFIG_NAME, WEIGHTS_NAME, CheckpointError
 from geotrainr.files import replace_folder
 from geotrainr.loading import build_model, load_model, read_source
 from geotrainr.onnx_runtime import ONNX_NAME, export_onnx
-from geotrainr.report import metrics_table
+from geotrainr.metrics import metrics_table
 from geotrainr.version import __version__
 
 

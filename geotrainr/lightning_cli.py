@@ -25,6 +25,7 @@ from geotrainr.artifact import read_checkpoint, read_weights
 from geotrainr.errors import GeotrainrError
 from geotrainr.files import write_text_atomic
 from geotrainr.data.datamodule import GeoDataModule
+from geotrainr.predictions import PredictionWriter
 from geotrainr.loading import class_path, task_arguments, task_class
 from geotrainr.runs import RUN_CHECKPOINTS, claim_run_folder, find_checkpoint, run_version
 from geotrainr.tasks.base import GeoTask
@@ -176,8 +177,6 @@ class GeoCLI(LightningCLI):
 
     def before_predict(self) -> None:
         """Every rank's predictions go through one writer, in the record schema ``locate`` and ``report`` use."""
-        from geotrainr.predictions import PredictionWriter
-
         out = self.config_init[self.subcommand].get("predictions") if self.config_init else None
         self._prediction_writer = PredictionWriter(Path(out) if out else self._log_dir() / "predictions.csv")
         self.trainer.callbacks.append(self._prediction_writer)

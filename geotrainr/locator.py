@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from geotrainr.errors import GeotrainrError
 from geotrainr.loading import load_model
+from geotrainr.onnx_runtime import load_onnx
 from geotrainr.preprocess import ImageReadError, Preprocessor, image_label
 from geotrainr.predictions import CellDecoder, Guess, make_guesses
 
@@ -117,8 +118,6 @@ class Locator:
         if runtime not in RUNTIMES:
             raise RuntimeChoiceError(f"unknown runtime {runtime!r} ({' or '.join(RUNTIMES)})")
         if runtime == "onnx":
-            from geotrainr.onnx_runtime import load_onnx
-
             return cls(load_onnx(source, kind=kind, **hub_kwargs), device=device)
         return cls(load_model(source, kind=kind, device="cpu", **hub_kwargs), device=device)
 

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from geotrainr.countries import get_country
+from geotrainr.geo import spherical_mean
 from geotrainr.predictions import Guess, make_guesses
 
 #: ``abc_90`` / ``abc-2`` / ``abc_0.5``: a view suffix of at most 3 digits, below 360 (a heading or a view number).
@@ -42,9 +44,6 @@ def group(guesses: Sequence[Guess], keys: Sequence[str], top_k: int | None = Non
     failed are left out; a key whose views all failed keeps an error. Truth, when every
     view has it, is carried over (their spherical mean).
     """
-    from geotrainr.countries import get_country
-    from geotrainr.geo import spherical_mean
-
     if len(keys) != len(guesses):
         raise ValueError(f"{len(guesses)} guesses but {len(keys)} keys")
     buckets: dict[str, list[Guess]] = {}

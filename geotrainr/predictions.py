@@ -24,8 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
+from geotrainr.countries import country_table
 from geotrainr.errors import GeotrainrError
 from geotrainr.files import write_text_atomic
+from geotrainr.gazetteer import place_index
+from geotrainr.geo import haversine_km
 
 #: A geocell model's decoding: cell probabilities (K,) [and per-cell offsets (K, 2)] -> (latlon (2,), country probs (C,))
 CellDecoder = Callable[..., tuple[np.ndarray, np.ndarray]]
@@ -113,15 +116,11 @@ class Guess:
 
     @property
     def country_name(self) -> str | None:
-        from geotrainr.countries import country_table
-
         c = country_table().get(self.country or "")
         return c.name if c else None
 
     def set_truth(self, lat: float, lon: float, country: str | None = None) -> None:
         """Record where the photo really was taken; fills ``error_km``."""
-        from geotrainr.geo import haversine_km
-
         self.true_lat, self.true_lon = float(lat), float(lon)
         self.true_country = country or None
         if self.ok and self.lat is not None:
@@ -164,8 +163,6 @@ def _round(x: float | None, ndigits: int) -> float | None:
 
 
 def _places(lats: np.ndarray, lons: np.ndarray):
-    from geotrainr.gazetteer import place_index
-
     return place_index().nearest(lats, lons) if len(lats) else []
 
 

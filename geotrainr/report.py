@@ -25,30 +25,16 @@ import numpy as np
 import pandas as pd
 import torch
 
+from geotrainr import maps, plots
+from geotrainr.data.datamodule import GeoDataModule
+from geotrainr.data.dataset import collate_skip
 from geotrainr.errors import GeotrainrError
 from geotrainr.files import write_text_atomic
-from geotrainr.predictions import write_records
+from geotrainr.locator import Locator
+from geotrainr.metrics import METRIC_LABELS, country_accuracy, metrics_table
+from geotrainr.predictions import make_guesses, write_records
 
-#: What each metric means, in report order.
-METRIC_MEANINGS = {
-    "acc1": "top-1 country accuracy (micro)",
-    "acc5": "true country among the 5 most probable (micro)",
-    "acc_macro": "top-1 accuracy averaged over true countries (macro)",
-    "anchor_acc1": "nearest anchor (by true distance) ranked first by predicted distance",
-    "anchor_acc5": "nearest anchor among the 5 nearest by predicted distance",
-    "err_km_mean": "mean great-circle error (km)",
-    "err_km_median": "median great-circle error (km)",
-    "acc_1km": "guesses within 1 km (street)",
-    "acc_25km": "guesses within 25 km (city)",
-    "acc_200km": "guesses within 200 km (region)",
-    "acc_750km": "guesses within 750 km (country)",
-    "acc_2500km": "guesses within 2500 km (continent)",
-    "geoscore": "mean GeoGuessr score, 5000 exp(-d / 1492.7 km)",
-    "err_deg_mean": "the study's mean error in degrees (Euclidean lat/lon; not a distance); distance models: "
-                    "mean error of the predicted image-to-anchor distances",
-    "within_5deg": "the study's fraction within 5 degrees",
-}
-
+__all__ = ["METRIC_LABELS", "Evaluation", "ReportError", "evaluate", "make_report", "metrics_table", "write_report"]
 
 class ReportError(GeotrainrError, ValueError):
     """The report cannot be made (unknown or empty split, unusable index or output folder)."""
@@ -114,11 +100,6 @@ def evaluate(
         top_k: countries listed per record.
         runtime: torch, or onnx (onnxruntime; an exported folder with model.onnx).
     """
-    from geotrainr.data.datamodule import GeoDataModule
-    from geotrainr.data.dataset import collate_skip
-    from geotrainr.locator import Locator
-    from geotrainr.predictions import make_guesses
-
     loc = checkpoint if isinstance(checkpoint, Locator) else Locator.load(checkpoint, device=device, runtime=runtime)
     model = loc.model
     if num_workers is None:
@@ -164,10 +145,7 @@ def evaluate(
     for r, lat, lon, country in zip(records, truth["lat"], truth["lon"], truth["country"].astype(str).str.upper()):
         r.set_truth(float(lat), float(lon), country)
     if "acc1" not in values and len(loc.countries) > 1:  # a task without a country head still guesses a country
-        correct = pd.Series([r.correct for r in records], dtype=bool)
-        true_country = pd.Series([r.true_country for r in records])
-        values["acc1"] = float(correct.mean())
-        values["acc_macro"] = float(correct.groupby(true_country).mean().mean())
+        values.update(country_accuracy([r.true_country for r in records], [r.country for r in records]))
     notes = []
     if "source" in ds.frame.columns and (ds.frame["source"] == "bluemarble").any() or str(index) == "demo":
         notes.append("Data: the offline demo set, NASA Blue Marble patches around GeoNames places: an aerial "
@@ -182,27 +160,9 @@ def evaluate(
                       model.description, model.guess_note)
 
 
-def _fmt(name: str, value: float) -> str:
-    if name.startswith("err_km"):
-        return f"{value:,.1f}"
-    if name == "geoscore":
-        return f"{value:,.0f}"
-    if name == "err_deg_mean":
-        return f"{value:.2f}"
-    return f"{100 * value:.1f} %"
-
-
-def metrics_table(metrics: dict[str, float]) -> list[tuple[str, str, str]]:
-    """(name, formatted value, meaning) in report order, then any other metric."""
-    names = [k for k in METRIC_MEANINGS if k in metrics] + sorted(k for k in metrics if k not in METRIC_MEANINGS)
-    return [(k, _fmt(k, metrics[k]), METRIC_MEANINGS.get(k, "")) for k in names]
-
-
 def write_report(ev: Evaluation, out_dir: str | os.PathLike, checkpoint: str | os.PathLike | None = None,
                  title: str | None = None) -> Path:
     """Pictures, ``predictions.csv``, ``metrics.json`` and ``report.md`` in ``out_dir``; returns the page's path."""
-    from geotrainr import maps, plots
-
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)

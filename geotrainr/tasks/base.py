@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import warnings
-from typing import Any, Literal
+from typing import Literal
 
 import lightning as L
 import torch
@@ -15,22 +14,14 @@ from geotrainr.version import __version__
 from geotrainr.artifact import FORMAT_VERSION, check_countries, copy_backbone_weights
 from geotrainr.countries import centres, class_list
 from geotrainr.errors import GeotrainrError
+from geotrainr.metrics import compute_flat, was_updated
 from geotrainr.models.backbone import AUTO_WEIGHTS, LITE0_MODEL, create_backbone
+from geotrainr.tasks import optimisation
+from geotrainr.tasks.optimisation import TaskConfigError
 
 STAGES = ("train", "val", "test")
 #: coordinate tables that stay float64 under any precision: bf16 would round them to about 0.25 degree steps
 FLOAT64_BUFFERS = ("class_centres", "cell_centroids", "cell_bounds")
-
-
-def _was_updated(metric: Metric | MetricCollection) -> bool:
-    """Whether this process updated the metric (ranks may disagree: see ``GeoTask._updated_on_any_rank``)."""
-    if isinstance(metric, MetricCollection):
-        return any(m.update_called for m in metric.values())
-    return metric.update_called
-
-
-class TaskConfigError(GeotrainrError, ValueError):
-    """The task's arguments do not fit together (e.g. no class list)."""
 
 
 class ExplainError(GeotrainrError, ValueError):
@@ -230,29 +221,16 @@ class GeoTask(L.LightningModule):
 
     def _updated_on_any_rank(self, metrics: list[Metric | MetricCollection]) -> list[bool]:
         """Per metric: did any rank update it. ``compute()`` is a collective, so every rank must decide alike."""
-        flags = torch.tensor([float(_was_updated(m)) for m in metrics], dtype=torch.float32, device=self.device)
+        flags = torch.tensor([float(was_updated(m)) for m in metrics], dtype=torch.float32, device=self.device)
         trainer = self._trainer
         if trainer is not None and trainer.world_size > 1 and flags.numel():
             flags = trainer.strategy.reduce(flags, reduce_op="sum")
         return [bool(f > 0) for f in flags]
 
     def compute_metrics(self, metrics: dict[str, Metric | MetricCollection], prefix: str = "") -> dict[str, torch.Tensor]:
-        """Flat ``{prefix + name: value}`` of the metrics that saw data on any rank, then reset them."""
-        flat: dict[str, Any] = {}
-        named = list(metrics.items())
-        for (name, metric), updated in zip(named, self._updated_on_any_rank([m for _, m in named])):
-            if not updated:
-                continue
-            with warnings.catch_warnings():
-                if not _was_updated(metric):  # only another rank's data: this one joins the sync
-                    warnings.filterwarnings("ignore", message=".*was called before the ``update`` method")
-                value = metric.compute()
-            if isinstance(value, dict):
-                flat.update({f"{prefix}{k}": v for k, v in value.items()})
-            else:
-                flat[f"{prefix}{name}"] = value
-            metric.reset()
-        return flat
+        """Flat ``{prefix + name: value}`` of the metrics that saw data on any rank, then reset them: the one
+        computation of fit's validation, ``validate``, ``test`` and ``report`` (:func:`geotrainr.metrics.compute_flat`)."""
+        return compute_flat(metrics, prefix, self._updated_on_any_rank(list(metrics.values())))
 
     def _log_epoch(self, stage: str) -> None:
         flat = self.compute_metrics(self.metrics_for(stage), f"{stage}/")
@@ -261,8 +239,10 @@ class GeoTask(L.LightningModule):
             rank_zero_warn(f"val: nothing to compute {self.monitor} on this epoch; logged as NaN")
             flat[self.monitor] = torch.tensor(float("nan"), device=self.device)
         shown = {f"{stage}/acc1", f"{stage}/err_km_median"}  # in the progress bar, the rest in the logger only
-        for key, value in flat.items():
-            self.log(key, value, prog_bar=key in shown, sync_dist=False)  # already synced by torchmetrics
+        # Lightning logs Metric objects only if they return one number and were updated on every rank; these are
+        # dict-valued (GeolocationError) or may see no data on some rank, so they are computed above, then logged
+        self.log_dict({k: v for k, v in flat.items() if k in shown}, prog_bar=True, sync_dist=False)
+        self.log_dict({k: v for k, v in flat.items() if k not in shown}, sync_dist=False)  # synced by torchmetrics
         dm = getattr(self.trainer, "datamodule", None)
         if dm is not None and hasattr(dm, "pop_skipped"):
             skipped = dm.pop_skipped(stage)
@@ -285,56 +265,11 @@ class GeoTask(L.LightningModule):
     # --- optimisation -------------------------------------------------------------
 
     def configure_optimizers(self):
-        hp = self.hparams
-        backbone_params = [p for p in self.backbone.parameters() if p.requires_grad]
-        head_params = [p for p in self.head_parameters() if p.requires_grad]
-        groups = [{"params": head_params, "lr": hp.lr}]
-        if backbone_params:
-            groups.append({"params": backbone_params, "lr": hp.lr * hp.backbone_lr_mult})
-        if hp.optimizer == "adamw":
-            opt = torch.optim.AdamW(groups, lr=hp.lr, weight_decay=hp.weight_decay)
-        elif hp.optimizer == "adam":
-            opt = torch.optim.Adam(groups, lr=hp.lr, weight_decay=hp.weight_decay)
-        elif hp.optimizer == "sgd":
-            opt = torch.optim.SGD(groups, lr=hp.lr, momentum=0.9, nesterov=True, weight_decay=hp.weight_decay)
-        else:
-            raise TaskConfigError(f"unknown optimizer {hp.optimizer!r} (adamw, adam or sgd)")
-        wants_warmup = bool(hp.get("head_warmup_epochs")) and bool(backbone_params)
-        counted = self._trainer is not None and (hp.scheduler == "cosine" or wants_warmup)
-        total = max(1, int(self.trainer.estimated_stepping_batches)) if counted else 1
-        head_warmup = 0
-        if wants_warmup and self._trainer is not None and self.trainer.max_epochs:
-            head_warmup = min(total, int(round(total * hp.head_warmup_epochs / self.trainer.max_epochs)))
-        self._head_warmup_steps = head_warmup
-
-        def resting(step: int) -> float:
-            return 0.0 if step < head_warmup else 1.0
-
-        if hp.scheduler == "none":
-            if not head_warmup:
-                return opt
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, [lambda step: 1.0, resting])
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-        if hp.scheduler == "step":
-            if head_warmup:
-                raise TaskConfigError("head_warmup_epochs needs scheduler cosine or none (step keeps whole epochs)")
-            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, self.trainer.max_epochs // 3 if self.trainer.max_epochs else 10), gamma=0.1)
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
-        if hp.scheduler == "cosine":
-            warmup = 0
-            if hp.warmup_epochs and self.trainer.max_epochs:
-                warmup = min(total - 1, int(total * hp.warmup_epochs / self.trainer.max_epochs))
-
-            def factor(step: int) -> float:
-                if step < warmup:
-                    return (step + 1) / (warmup + 1)
-                progress = (step - warmup) / max(1, total - warmup)
-                return 0.5 * (1.0 + torch.cos(torch.tensor(torch.pi * min(1.0, progress))).item())
-
-            lambdas = [factor, lambda step: resting(step) * factor(step)] if len(groups) > 1 else factor
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambdas)
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-        raise TaskConfigError(f"unknown scheduler {hp.scheduler!r} (cosine, step or none)")
+        """timm's optimiser over the head and backbone groups, with the schedule: :mod:`geotrainr.tasks.optimisation`."""
+        backbone = [p for p in self.backbone.parameters() if p.requires_grad]
+        head = [p for p in self.head_parameters() if p.requires_grad]
+        config, self._head_warmup_steps = optimisation.configure(self.hparams, head, backbone, self._trainer)
+        return config
 
     # --- checkpoints ----------------------------------------------------------------
 
