@@ -166,3 +166,39 @@ def test_wandb_run_folder_and_checkpoints_follow_default_root_dir(tiny_index, tm
     ckpt = find_checkpoint(work / "wb", "last")
     assert ckpt.parent.parent.parent == work / "wb" / "geotrainr"  # <root>/<project>/<run id>/checkpoints
     assert sorted(p.name for p in work.iterdir()) == ["wb"]
+
+
+@pytest.mark.parametrize("config", ["country", "coords", "distance", "geocells", "multitask"])
+def test_last_ckpt_is_the_last_epoch_even_when_the_best_does_not_improve(tmp_path, config):
+    """The shipped configs' checkpoint callbacks: best.ckpt keeps the best epoch, last.ckpt the end of the last one."""
+    import lightning as L
+    import yaml
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    callbacks = [c for c in yaml.safe_load((CONFIG_DIR / f"{config}.yaml").read_text())["trainer"]["callbacks"]
+                 if c["class_path"].endswith("ModelCheckpoint")]
+    monitored = next(c["init_args"] for c in callbacks if c["init_args"].get("monitor"))
+    worse = -1.0 if monitored.get("mode", "min") == "max" else 1.0
+
+    class Worsening(L.LightningModule):  # the monitored metric gets worse every epoch: the best stays epoch 0
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, _):
+            return self.layer(batch[0]).sum()
+
+        def validation_step(self, batch, _):
+            self.log(monitored["monitor"], worse * float(self.current_epoch))
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(4, 2)), batch_size=2)
+    trainer = L.Trainer(default_root_dir=tmp_path, max_epochs=3, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[ModelCheckpoint(dirpath=tmp_path / "checkpoints", **c["init_args"])
+                                                               for c in callbacks])
+    trainer.fit(Worsening(), data, data)
+    assert torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=False)["epoch"] == 0
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 2
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
