@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from conftest import PLACES, make_image
-from geotrainr import ablation, report
+from geotrainr import ablation, benchmarking, report
 from geotrainr.data.datamodule import GeoDataModule
 from geotrainr.data.index import write_index
 from geotrainr.locator import Locator
@@ -54,7 +54,6 @@ def test_macro_accuracy_averages_over_true_classes_only():
     assert codes == pytest.approx({"acc1": 4 / 6, "acc_macro": (2 / 3 + 1 / 2 + 1) / 3})
 
 
-@pytest.mark.slow
 def test_every_evaluation_finds_the_same_numbers(tmp_path):
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     index = uneven_index(tmp_path / "data")
@@ -71,7 +70,8 @@ def test_every_evaluation_finds_the_same_numbers(tmp_path):
     ckpt = tmp_path / "last.ckpt"
     trainer.save_checkpoint(ckpt)
     reported = report.evaluate(Locator(model, device="cpu"), index=index, split="val", num_workers=0)
-    assert ablation.evaluate is report.evaluate  # ablate scores each run's last checkpoint through report's evaluation
+    # ablate (each run's last checkpoint) and report --benchmark score through report's evaluation itself
+    assert ablation.evaluate is report.evaluate and benchmarking.evaluate is report.evaluate
     ablated = ablation.evaluate(str(ckpt), index=index, split="val", num_workers=0, device="cpu").metrics
 
     frame = reported.frame
