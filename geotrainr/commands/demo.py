@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from geotrainr.commands import add_force, add_out, deprecated
 from geotrainr.data.demo import SOURCES, default_demo_dir, demo_summary, ensure_demo
 
 
@@ -17,17 +18,18 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--source", default="bluemarble", choices=sorted(SOURCES),
                    help="imagery: bluemarble (default, satellite colours, 100 km blocks) or relief (shaded relief, "
                    "another seed's places, 200 km blocks)")
-    p.add_argument("--out", default=None, help=f"folder (default: $GEOTRAINR_DEMO_DIR or {default_demo_dir()}; "
+    add_out(p, default=None, what=f"folder (default: $GEOTRAINR_DEMO_DIR or {default_demo_dir()}; "
                    "other sources in a sibling folder demo-SOURCE)")
     p.add_argument("--per-country", type=int, default=80, help="places per country at most (default 80)")
     p.add_argument("--seed", type=int, default=None, help="place sample and split seed (default: the source's, 0 or 1)")
-    p.add_argument("--rebuild", action="store_true", help="build again even if a matching copy is cached")
+    add_force(p, "a cached copy (build it again even if it matches)")
+    deprecated(p, "--rebuild", "--force", store="force", flag=True)
     p.add_argument("--quiet", action="store_true", help="print only the index path")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    path = ensure_demo(args.out, rebuild=args.rebuild, source=args.source, per_country=args.per_country, seed=args.seed)
+    path = ensure_demo(args.out, rebuild=args.force, source=args.source, per_country=args.per_country, seed=args.seed)
     if not args.quiet:
         print(demo_summary(path))
         print(f"\nNote: aerial stand-in ({SOURCES[args.source].description}), not street imagery.")
