@@ -42,7 +42,7 @@ class Deprecated(argparse.Action):
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
                  option_string: str | None = None) -> None:
-        if values is None or values == []:
+        if not self.option_strings and values in (None, []):
             return
         old = option_string or f"the positional {self.metavar or self.dest.upper()}"
         warned = namespace.__dict__.setdefault("_deprecated_warned", set())
