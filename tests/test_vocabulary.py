@@ -114,6 +114,10 @@ def test_a_deprecated_spelling_works_and_warns_once(tmp_path, capsys):
     assert main(["demo-data", "--out", str(cache), "--per-country", "2", "--quiet", "--rebuild"]) == 0
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["geotrainr demo-data: warning: --rebuild is deprecated, use --force"]
+    assert main(["demo-data", "--out", str(cache), "--per-country", "3", "--quiet"]) == 2  # another set there
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--force" in err[0]
+    assert main(["demo-data", "--out", str(cache), "--per-country", "2", "--quiet"]) == 0  # the same set: reused
 
 
 def test_a_deprecated_positional_warns_once_and_means_the_new_flag(tiny_index, tmp_path, capsys):

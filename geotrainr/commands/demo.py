@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
-from geotrainr.commands import add_force, add_out, deprecated
-from geotrainr.data.demo import SOURCES, default_demo_dir, demo_summary, ensure_demo
+from geotrainr.commands import OutputExistsError, add_force, add_out, deprecated
+from geotrainr.data.demo import DEMO_VERSION, SOURCES, default_demo_dir, demo_summary, ensure_demo
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
@@ -28,7 +30,23 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     return p
 
 
+def _reused(folder: Path, source: str, params: dict) -> bool:
+    """Whether ``folder`` holds the set these settings build (reused as it is, so nothing is replaced)."""
+    try:
+        saved = json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+    wanted = {"version": DEMO_VERSION, "source": source, **{k: v for k, v in params.items() if v is not None}}
+    return (folder / "index.parquet").exists() and all(saved.get(k, "bluemarble" if k == "source" else None) == v
+                                                       for k, v in wanted.items())
+
+
 def run(args: argparse.Namespace) -> int:
+    folder = Path(args.out) if args.out else default_demo_dir(args.source)
+    params = {"per_country": args.per_country, "seed": args.seed}
+    if not args.force and folder.is_dir() and any(folder.iterdir()) and not _reused(folder, args.source, params):
+        raise OutputExistsError(f"--out {folder} holds another set (other source, settings or version); "
+                                "add --force to build this one there")
     path = ensure_demo(args.out, rebuild=args.force, source=args.source, per_country=args.per_country, seed=args.seed)
     if not args.quiet:
         print(demo_summary(path))
