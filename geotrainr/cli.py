@@ -1,7 +1,8 @@
 """The ``geotrainr`` command: LightningCLI verbs plus the library's own verbs.
 
 ``fit/validate/test/predict`` go to LightningCLI (configs, dotted overrides,
-``--print_config``). Every other verb is an argparse command in
+``--print_config``), the vocabulary every verb shares (MODEL first, ``--index``, ``--device``...)
+translated to LightningCLI's settings by :func:`lightning_args`. Every other verb is an argparse command in
 ``geotrainr/commands/<verb>.py`` exposing ``build_parser(prog)`` and ``run(args)``.
 A user mistake (any :class:`GeotrainrError`) prints one line and exits 2.
 """
@@ -85,7 +86,8 @@ def _error(verb: str, message: str) -> int:
 
 
 def _lightning_form(args: Sequence[str]) -> bool:
-    """Whether ``predict``'s arguments are LightningCLI's (a config, or data/trainer/model settings, or help)."""
+    """Whether ``predict``'s arguments are LightningCLI's (a config, an index or split, data/trainer/model settings,
+    or help) rather than photos."""
     return any(a in ("--config", "-c", "-h", "--help", "--print_config", "--index", "--split")
                or a.startswith(("--config=", "--data", "--trainer", "--model.", "--seed_everything", "--print_config",
                                 "--index=", "--split="))
