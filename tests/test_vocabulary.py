@@ -168,3 +168,8 @@ def test_geocells_refuses_and_replaces_its_json(tiny_index, tmp_path, capsys, mo
     assert "--force" in capsys.readouterr().err and Path("cells.json").read_text() == "mine"
     assert main([*argv, "-o", "cells.json", "--force"]) == 0
     assert Path("cells.json").read_text().startswith("{")
+    capsys.readouterr()
+    assert main(["geocells", "--checkpoint", "cells.json", "--map", "none"]) == 0  # the old spelling of MODEL
+    assert capsys.readouterr().err.strip() == "geotrainr geocells: warning: --checkpoint is deprecated, use MODEL"
+    assert main(["geocells", "cells.json", "--map", "none"]) == 0
+    assert capsys.readouterr().err == ""

@@ -20,7 +20,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "checkpoint, print a summary, draw them on a map and optionally save them as JSON "
         "(model.init_args.geocells takes that file).",
     )
-    p.add_argument("model", nargs="?", metavar="MODEL", default=None,
+    p.add_argument("model", nargs="?", metavar="MODEL", default=argparse.SUPPRESS,  # absent: not stored over --checkpoint
                    help="a geocell model (a .ckpt, a run folder, an exported folder, a Hub id) or a cells JSON file: "
                    "draw the cells it was trained with")
     p.add_argument("--index", default=None, help="parquet index (or 'demo'): build the cells from a split of it")
@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     draw = args.map.lower() != "none"
     if draw and Path(args.map).suffix.lower() not in (".png", ".jpg", ".jpeg", ".pdf", ".svg"):
         raise GeocellError(f"--map {args.map}: use a .png, .jpg, .pdf or .svg file name")
+    args.model = getattr(args, "model", None)
     if (args.model is None) == (args.index is None):
         raise GeocellError("give one source of cells: MODEL (a geocell model) or --index INDEX")
     if args.model is not None and args.split != "train":
