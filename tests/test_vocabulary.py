@@ -4,6 +4,7 @@ read from the verbs' own parsers; old spellings keep working with one warning li
 from __future__ import annotations
 
 import argparse
+import json
 import importlib
 from pathlib import Path
 
@@ -173,3 +174,37 @@ def test_geocells_refuses_and_replaces_its_json(tiny_index, tmp_path, capsys, mo
     assert capsys.readouterr().err.strip() == "geotrainr geocells: warning: --checkpoint is deprecated, use MODEL"
     assert main(["geocells", "cells.json", "--map", "none"]) == 0
     assert capsys.readouterr().err == ""
+
+
+@pytest.fixture(scope="module")
+def country_ckpt(tmp_path_factory) -> Path:
+    from test_locate import tiny_checkpoints
+
+    return tiny_checkpoints(tmp_path_factory)["country"]
+
+
+def test_predict_takes_model_first_and_keeps_its_output_without_force(country_ckpt, tmp_path, capsys):
+    from test_locate import photo
+
+    photos = [photo(tmp_path / f"p{i}.jpg", i) for i in range(3)]
+    new, old = tmp_path / "new.csv", tmp_path / "old.csv"
+    assert main(["predict", str(country_ckpt), *map(str, photos), "-o", str(new), "--device", "cpu"]) == 0
+    capsys.readouterr()
+    assert main(["predict", "--ckpt_path", str(country_ckpt), *map(str, photos), "--predictions", str(old)]) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert err == ["geotrainr predict: warning: --ckpt_path is deprecated, use MODEL",
+                   "geotrainr predict: warning: --predictions is deprecated, use --out"]
+    assert new.read_text() == old.read_text()
+    assert main(["predict", str(country_ckpt), str(photos[0]), "-o", str(new)]) == 2
+    assert "--force" in capsys.readouterr().err and new.read_text() == old.read_text()
+    assert main(["predict", str(country_ckpt), str(photos[0]), "-o", str(new), "--force"]) == 0
+    assert len(new.read_text().splitlines()) == 2  # header and the one photo
+
+
+def test_validate_takes_model_first_with_index_device_and_workers(country_ckpt, tiny_index, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = [str(country_ckpt), "--config", "country", "--index", str(tiny_index), "--device", "cpu", "--workers", "0",
+            "--trainer.default_root_dir=v", "--trainer.enable_progress_bar=false"]
+    assert main(["validate", *argv]) == 0
+    metrics = json.loads(next((tmp_path / "v").rglob("metrics-validate.json")).read_text())
+    assert "val/acc1" in metrics
