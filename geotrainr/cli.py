@@ -1,7 +1,8 @@
 """The ``geotrainr`` command: LightningCLI verbs plus the library's own verbs.
 
 ``fit/validate/test/predict`` go to LightningCLI (configs, dotted overrides,
-``--print_config``). Every other verb is an argparse command in
+``--print_config``), the vocabulary every verb shares (MODEL first, ``--index``, ``--device``...)
+translated to LightningCLI's settings by :func:`lightning_args`. Every other verb is an argparse command in
 ``geotrainr/commands/<verb>.py`` exposing ``build_parser(prog)`` and ``run(args)``.
 A user mistake (any :class:`GeotrainrError`) prints one line and exits 2.
 """
@@ -11,16 +12,29 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from geotrainr.version import __version__
+from geotrainr.commands import OutputExistsError, lightning_device_args, warn_deprecated
 from geotrainr.errors import GeotrainrError
+from geotrainr.version import __version__
 
 LIGHTNING_VERBS = {
     "fit": "train a task from a config: a shipped one by name (--config country) or a file",
     "validate": "evaluate a checkpoint on the validation split; prints and saves the metrics",
     "test": "evaluate a checkpoint on the test split; prints and saves the metrics",
-    "predict": "write prediction records: a checkpoint on an index split (--config), or on photos (no config)",
+    "predict": "write prediction records: MODEL on an index split (--index/--split/--config), or on photos",
 }
+
+#: the vocabulary's flags on LightningCLI verbs -> LightningCLI's own settings (verbs that take them)
+LIGHTNING_FLAGS = {
+    "--index": ("--data.init_args.index", ("fit", "validate", "test", "predict")),
+    "--workers": ("--data.init_args.num_workers", ("fit", "validate", "test", "predict")),
+    "--split": ("--data.init_args.predict_split", ("predict",)),
+    "--out": ("--predictions", ("predict",)),
+    "-o": ("--predictions", ("predict",)),
+}
+#: verbs whose leading positional is MODEL, taken as --ckpt_path
+LIGHTNING_MODEL_VERBS = ("validate", "test", "predict")
 
 #: verb -> (module under geotrainr.commands, one-line description)
 COMMANDS = {
@@ -72,10 +86,54 @@ def _error(verb: str, message: str) -> int:
 
 
 def _lightning_form(args: Sequence[str]) -> bool:
-    """Whether ``predict``'s arguments are LightningCLI's (a config, or data/trainer/model settings, or help)."""
-    return any(a in ("--config", "-c", "-h", "--help", "--print_config")
-               or a.startswith(("--config=", "--data", "--trainer", "--model.", "--seed_everything", "--print_config"))
+    """Whether ``predict``'s arguments are LightningCLI's (a config, an index or split, data/trainer/model settings,
+    or help) rather than photos."""
+    return any(a in ("--config", "-c", "-h", "--help", "--print_config", "--index", "--split")
+               or a.startswith(("--config=", "--data", "--trainer", "--model.", "--seed_everything", "--print_config",
+                                "--index=", "--split="))
                for a in args)
+
+
+def lightning_args(verb: str, args: Sequence[str]) -> list[str]:
+    """The vocabulary on a LightningCLI verb as LightningCLI's settings: a leading MODEL is ``--ckpt_path``,
+    ``--device`` the trainer's accelerator and devices, ``--index/--workers/--split/--out`` the data's and
+    the writer's. ``--force`` lets predict replace its output file."""
+    args = list(args)
+    out: list[str] = []
+    if verb in LIGHTNING_MODEL_VERBS and args and not args[0].startswith("-"):
+        out.append(f"--ckpt_path={args.pop(0)}")
+    force = "--force" in args
+    predictions = None
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        name, eq, value = arg.partition("=")
+        takes_value = name in LIGHTNING_FLAGS and verb in LIGHTNING_FLAGS[name][1] or name in ("--device", "--predictions")
+        if not takes_value:
+            if arg != "--force" or verb != "predict":
+                out.append(arg)
+            i += 1
+            continue
+        if not eq:
+            if i + 1 >= len(args):
+                raise LightningFlagError(f"{name} needs a value")
+            value, i = args[i + 1], i + 1
+        i += 1
+        if name == "--device":
+            out += lightning_device_args(value)
+            continue
+        if name == "--predictions":
+            warn_deprecated(f"geotrainr {verb}", "--predictions", "--out")
+        if name in ("--predictions", "--out", "-o"):
+            predictions = value
+        out.append(f"{LIGHTNING_FLAGS.get(name, (name,))[0]}={value}")
+    if predictions is not None and not force and Path(predictions).exists():
+        raise OutputExistsError(f"--out {predictions} exists; add --force to replace it")
+    return out
+
+
+class LightningFlagError(GeotrainrError, ValueError):
+    """A vocabulary flag of a LightningCLI verb given without its value."""
 
 
 def main(args: Sequence[str] | None = None) -> int:
@@ -94,7 +152,7 @@ def main(args: Sequence[str] | None = None) -> int:
         from geotrainr.lightning_cli import run_lightning
 
         try:
-            return run_lightning(verb, rest)
+            return run_lightning(verb, lightning_args(verb, rest))
         except GeotrainrError as e:
             return _error(verb, str(e))
     else:

@@ -166,9 +166,9 @@ def test_pack_and_export_refuse_an_index_whose_rows_leave_its_root(tmp_path, out
     df = pd.DataFrame({"image_path": ["a.jpg", "../outside/secret.jpg"], "lat": [50.0, 51.0], "lon": [10.0, 10.0],
                        "country": ["DE", "DE"], "split": ["train", "val"]})
     index = write_index(df, tmp_path / "data" / "index.parquet")  # root: its own folder
-    line = _one_error(capsys, main(["pack", str(index), "--out", str(tmp_path / "p")]))
+    line = _one_error(capsys, main(["pack", "--index", str(index), "--out", str(tmp_path / "p")]))
     assert "row 1 (../outside/secret.jpg)" in line and not (tmp_path / "p").exists()
-    line = _one_error(capsys, main(["export-dataset", str(index), "--out", str(tmp_path / "e")]))
+    line = _one_error(capsys, main(["export-dataset", "--index", str(index), "--out", str(tmp_path / "e")]))
     assert "../outside/secret.jpg" in line and not (tmp_path / "e").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
 
@@ -179,7 +179,7 @@ def test_an_index_without_the_metadata_has_its_own_folder_as_root(tmp_path, caps
     tmp = write_index(df, tmp_path / "idx" / "index.parquet")
     table = pq.read_table(tmp)
     pq.write_table(table.replace_schema_metadata({}), tmp)  # an index written before the root was recorded
-    assert "not inside the index" in _one_error(capsys, main(["export-dataset", str(tmp), "--out", str(tmp_path / "e")]))
+    assert "not inside the index" in _one_error(capsys, main(["export-dataset", "--index", str(tmp), "--out", str(tmp_path / "e")]))
     write_index(df, tmp, image_root=tmp_path)  # recorded: the same rows pass
     assert main(["export-dataset", str(tmp), "--out", str(tmp_path / "e")]) == 0
 
@@ -268,9 +268,9 @@ def test_a_pack_whose_shards_disagree_with_its_manifest_is_refused_everywhere(pa
     monkeypatch.chdir(tmp_path)
     assert shard.name in _one_error(capsys, main(["fit", *tiny_args(packed), "--trainer.max_epochs=1"]))
     assert not (tmp_path / "runs").exists()  # refused before a run folder is made
-    assert shard.name in _one_error(capsys, main(["export-dataset", str(packed), "--out", str(tmp_path / "e")]))
+    assert shard.name in _one_error(capsys, main(["export-dataset", "--index", str(packed), "--out", str(tmp_path / "e")]))
     shard.unlink()  # and one missing
-    assert "missing" in _one_error(capsys, main(["export-dataset", str(packed), "--out", str(tmp_path / "e")]))
+    assert "missing" in _one_error(capsys, main(["export-dataset", "--index", str(packed), "--out", str(tmp_path / "e")]))
 
 
 def test_index_written_into_the_source_folder_is_never_read_back(tmp_path):
@@ -279,7 +279,7 @@ def test_index_written_into_the_source_folder_is_never_read_back(tmp_path):
     for shard_rows in (None, "2"):
         for _ in range(2):
             extra = ["--shard-rows", shard_rows] if shard_rows else []
-            assert main(["index", "--from", "hf", str(src), "--out", str(src / "x.parquet"), *extra]) == 0
+            assert main(["index", "--from", "hf", str(src), "--out", str(src / "x.parquet"), "--force", *extra]) == 0
             assert len(read_index(src / "x.parquet")) == 5
     assert main(["index", "--from", "hf", str(src), "--out", str(src / "y.parquet")]) == 0  # an old index is no source
     assert len(read_index(src / "y.parquet")) == 5
@@ -303,7 +303,7 @@ def test_user_mistakes_are_one_line_before_the_work(tmp_path, capsys, case):
     index = build_tiny_index(tmp_path / "src", n=12)
     if case == "pack-out-file":
         (tmp_path / "f").write_text("mine")
-        line = _one_error(capsys, main(["pack", str(index), "--out", str(tmp_path / "f")]))
+        line = _one_error(capsys, main(["pack", "--index", str(index), "--out", str(tmp_path / "f")]))
         assert "is a file" in line and (tmp_path / "f").read_text() == "mine"
     elif case == "index-out-folder":
         (tmp_path / "d").mkdir()

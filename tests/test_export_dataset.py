@@ -60,11 +60,12 @@ def test_export_refuses_a_folder_that_is_not_an_export(tmp_path, capsys):
     index = mixed_index(tmp_path)
     (tmp_path / "precious").mkdir()
     (tmp_path / "precious" / "notes.txt").write_text("keep me")
-    assert main(["export-dataset", str(index), "--out", str(tmp_path / "precious")]) == 2
+    assert main(["export-dataset", "--index", str(index), "--out", str(tmp_path / "precious"), "--force"]) == 2
     assert "is not a dataset export" in capsys.readouterr().err
     assert (tmp_path / "precious" / "notes.txt").read_text() == "keep me"
     assert main(["export-dataset", str(index), "--out", str(tmp_path / "hf")]) == 0
-    assert main(["export-dataset", str(index), "--out", str(tmp_path / "hf")]) == 0  # an earlier export is replaced
+    assert main(["export-dataset", "--index", str(index), "--out", str(tmp_path / "hf")]) == 2  # refused without --force
+    assert main(["export-dataset", "--index", str(index), "--out", str(tmp_path / "hf"), "--force"]) == 0  # replaced
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 

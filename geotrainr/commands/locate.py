@@ -14,6 +14,7 @@ import os
 import sys
 from pathlib import Path
 
+from geotrainr.commands import add_device, add_force, add_out, refuse_existing
 from geotrainr.data.sources.common import parse_columns
 from geotrainr.files import write_text_atomic
 from geotrainr.locator import RUNTIMES, Locator
@@ -35,12 +36,13 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "  geotrainr locate best.ckpt --truth photos.csv --group-by pano_id --map eval.png",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("checkpoint", help="a .ckpt file written by geotrainr fit, a folder written by geotrainr export, "
+    p.add_argument("model", metavar="MODEL", help="a .ckpt file written by geotrainr fit, a folder written by geotrainr export, "
                    "a run folder (its best checkpoint), or a Hugging Face Hub repository id (org/name)")
     p.add_argument("images", nargs="*", help="image files and/or folders (searched recursively); "
                    "default with --truth: every photo the CSV lists")
     p.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format (default: table)")
-    p.add_argument("-o", "--out", default=None, help="write the output to this file instead of standard output")
+    add_out(p, "write the output to this file instead of standard output", default=None)
+    add_force(p, "an existing --out or --map file")
     p.add_argument("-k", "--top-k", type=int, default=5, help="countries listed per photo (default 5)")
     p.add_argument("--truth", default=None, metavar="LISTING.csv",
                    help="CSV with path,lat,lon[,country,...] (paths relative to the CSV): truth for error columns "
@@ -54,7 +56,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--map", default=None, metavar="OUT.png", help="draw the guesses (and truth, when known) on a map")
     p.add_argument("--batch-size", type=int, default=32, help="photos per forward pass (default 32)")
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: some for large folders)")
-    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:1 ...")
+    add_device(p)
     p.add_argument("--runtime", choices=RUNTIMES, default="torch",
                    help="onnx: run the network in onnxruntime on the CPU (faster there); needs a folder written by "
                    "'geotrainr export MODEL --out DIR --format onnx' (default: torch)")
@@ -150,6 +152,8 @@ def run(args: argparse.Namespace) -> int:
         raise ImageListError("--batch-size must be at least 1")
     if args.columns and not args.truth:
         raise ImageListError("--columns names the columns of --truth: give --truth LISTING.csv too")
+    refuse_existing(args.out, args.force)
+    refuse_existing(args.map, args.force, flag="--map")
     listing = read_listing(args.truth, parse_columns(args.columns)) if args.truth else None
     if args.group_by and args.group_by != "auto":
         if listing is None:
@@ -168,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
     for n in notes:
         _note(n)
 
-    locator = Locator.load(args.checkpoint, device=args.device, runtime=args.runtime)
+    locator = Locator.load(args.model, device=args.device, runtime=args.runtime)
 
     with progress_bar("locate", total=len(files), unit="photo") as bar:
         guesses = locator.locate(files, top_k=args.top_k, batch_size=args.batch_size, num_workers=args.workers,

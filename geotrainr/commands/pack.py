@@ -1,9 +1,14 @@
-"""`geotrainr pack INDEX --out DIR_OR_URL`: an index as a packed set, the images embedded in parquet row groups."""
+"""`geotrainr pack --index INDEX --out DIR_OR_URL`: an index as a packed set, the images embedded in parquet row groups."""
 
 from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
+
+from geotrainr.commands import OutputExistsError, add_force, add_out, deprecated
+from geotrainr.data.packed.manifest import PACK_MANIFEST
+from geotrainr.files import replace_folder
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
@@ -18,8 +23,10 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "the bucket must exist; credentials and endpoint come from the usual environment variables (AWS_ACCESS_KEY_ID, "
         "AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL_S3), never from the command line.",
     )
-    p.add_argument("index", help="parquet index file or shard folder, or 'demo'")
-    p.add_argument("--out", required=True, help="a new folder, or a URL (s3://..., gs://...)")
+    p.add_argument("--index", default=None, help="parquet index file or shard folder, or 'demo'")
+    deprecated(p, "index", "--index INDEX", store="index")
+    add_out(p, "a new folder, or a URL (s3://..., gs://...)", required=True)
+    add_force(p, "a finished pack in a local --out folder (the new pack is written beside it, then swapped in)")
     p.add_argument("--max-side", type=int, default=None,
                    help="re-encode images whose long side is larger to this many pixels (e.g. 448 for training at 224)")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality of re-encoded images (default 90)")
@@ -31,15 +38,40 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     return p
 
 
+def _replaced(out: str, force: bool) -> Path | None:
+    """The local folder --force replaces (None: nothing to replace). Resuming an unfinished pack replaces nothing;
+    a finished pack is refused without --force."""
+    from geotrainr.data.packed.location import PackError
+
+    local = "://" not in out
+    finished = local and (Path(out) / PACK_MANIFEST).is_file()
+    if not force:
+        if finished:
+            raise OutputExistsError(f"--out {out} holds a finished pack; add --force to replace it")
+        return None
+    if not local:
+        raise PackError(f"--force replaces local folders only; remove {out} to pack there again")
+    path = Path(out)
+    return path if path.is_dir() and any(path.iterdir()) else None
+
+
 def run(args: argparse.Namespace) -> int:
+    from geotrainr.data.packed.location import PackError
     from geotrainr.data.packed.pack import pack
     from geotrainr.progress import progress_bar
 
+    if args.index is None:
+        raise PackError("give the index to pack: --index INDEX")
     workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
+    replace = _replaced(args.out, args.force)
+    target = replace.with_name(f".{replace.name}.{os.getpid()}.new") if replace else args.out
     with progress_bar("packing", unit="img") as bar:
-        result = pack(args.index, args.out, max_side=args.max_side, quality=args.quality,
+        result = pack(args.index, target, max_side=args.max_side, quality=args.quality,
                       rows_per_group=args.rows_per_group, groups_per_shard=args.groups_per_shard, seed=args.seed,
                       workers=workers, progress=bar.done_of)
+    if replace:
+        replace_folder(target, replace)
+        result.out = str(replace)
     print("split   images")
     for split, n in result.splits.items():
         if n:

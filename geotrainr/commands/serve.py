@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 
+from geotrainr.commands import add_device, deprecated
 from geotrainr.errors import GeotrainrError
 
 
@@ -27,14 +28,16 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "  geotrainr serve runs/country/version_0\n"
         "  curl -F file=@photo.jpg http://127.0.0.1:8000/predict\n"
         "  curl --data-binary @photo.jpg -H 'Content-Type: image/jpeg' 'http://127.0.0.1:8000/predict?name=photo.jpg'\n"
-        "  geotrainr serve exported/ --host 0.0.0.0 --workers 2 --max-batch-size 16",
+        "  geotrainr serve exported/ --host 0.0.0.0 --workers-per-device 2 --max-batch-size 16",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("model", help="a .ckpt file, a run folder, a folder written by geotrainr export, or a Hub repository id")
+    p.add_argument("model", metavar="MODEL", help="a .ckpt file, a run folder, a folder written by geotrainr export, or a Hub repository id")
     p.add_argument("--host", default="127.0.0.1", help="127.0.0.1 (this machine only, default), 0.0.0.0 or :: (every interface)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
-    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:1 ...")
-    p.add_argument("--workers", type=int, default=1, help="inference workers per device, each with its own copy of the model (default 1)")
+    add_device(p)
+    p.add_argument("--workers-per-device", dest="workers_per_device", type=int, default=1,
+                   help="inference workers per device, each with its own copy of the model (default 1)")
+    deprecated(p, "--workers", "--workers-per-device", store="workers_per_device", type=int)
     p.add_argument("--max-batch-size", type=int, default=8,
                    help="requests the workers answer in one forward pass (dynamic batching; 1: none; default 8)")
     p.add_argument("--batch-timeout", type=float, default=0.01,
@@ -52,11 +55,13 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        from geotrainr.serve import Limits, ServeSettings, serve
+        from geotrainr.serve import Limits, ServeError, ServeSettings, serve
     except ImportError as e:
         raise ServeExtraMissing(f"serving needs LitServe: pip install 'geotrainr[serve]' ({e})") from None
+    if args.workers_per_device < 1:
+        raise ServeError("--workers-per-device must be at least 1")
     settings = ServeSettings(
-        source=args.model, host=args.host, port=args.port, device=args.device, workers=args.workers,
+        source=args.model, host=args.host, port=args.port, device=args.device, workers=args.workers_per_device,
         max_batch_size=args.max_batch_size, batch_timeout=args.batch_timeout,
         limits=Limits(max_bytes=args.max_bytes, max_pixels=args.max_pixels, max_photos=args.max_photos),
         runtime=args.runtime, timeout=args.timeout, log_level=args.log_level,
