@@ -12,7 +12,7 @@ import pytest
 
 from geotrainr.cli import COMMANDS, LIGHTNING_FLAGS, LIGHTNING_MODEL_VERBS, LIGHTNING_VERBS, lightning_args, main
 from conftest import make_image
-from geotrainr.commands import Deprecated
+from geotrainr.commands import is_old_spelling
 
 #: verb -> what the vocabulary says of it: uses a model, reads an index, writes, runs a model, split to read
 VOCABULARY = {
@@ -42,46 +42,42 @@ def _option(parser: argparse.ArgumentParser, flag: str) -> argparse.Action | Non
     return next((a for a in parser._actions if flag in a.option_strings), None)
 
 
-def _verb_params(verb: str):
-    return pytest.param(verb, marks=pytest.mark.xfail(strict=False, reason="scrape parser pending")) if verb == "scrape" else verb
-
-
 def test_the_table_names_every_verb():
     assert set(VOCABULARY) == set(COMMANDS) | {"predict"}
 
 
-@pytest.mark.parametrize("verb", [_verb_params(v) for v in VOCABULARY])
+@pytest.mark.parametrize("verb", list(VOCABULARY))
 def test_every_verb_follows_the_vocabulary(verb):
     rules, parser = VOCABULARY[verb], _parser(verb)
-    positionals = [a for a in parser._actions if not a.option_strings and not isinstance(a, Deprecated)]
+    positionals = [a for a in parser._actions if not a.option_strings and not is_old_spelling(a)]
     if rules.get("model"):
         assert positionals and positionals[0].metavar == "MODEL", f"{verb}: MODEL is not the first positional"
     for action in parser._actions:
         old = set(action.option_strings) & set(OLD_SPELLINGS)
         positional_index = not action.option_strings and "INDEX" in str(action.metavar or action.dest).upper()
         if old or positional_index:
-            assert isinstance(action, Deprecated), f"{verb}: {action.option_strings or action.metavar} accepted " \
+            assert is_old_spelling(action), f"{verb}: {action.option_strings or action.metavar} accepted " \
                 "without a deprecation note"
     if rules.get("index"):
         index = _option(parser, "--index")
-        assert index is not None and not isinstance(index, Deprecated), f"{verb}: no --index"
+        assert index is not None and not is_old_spelling(index), f"{verb}: no --index"
     out = _option(parser, "--out")
     if rules.get("writes"):
         assert out is not None and "-o" in out.option_strings, f"{verb}: -o is not --out"
         force = _option(parser, "--force")
-        assert force is not None and force.nargs == 0 and not isinstance(force, Deprecated), f"{verb}: no --force"
+        assert force is not None and force.nargs == 0 and not is_old_spelling(force), f"{verb}: no --force"
     elif out is not None:
         assert "-o" in out.option_strings
     if rules.get("device"):
         assert _option(parser, "--device") is not None, f"{verb}: no --device"
     split = _option(parser, "--split")
-    if split is not None and not isinstance(split, Deprecated):
+    if split is not None and not is_old_spelling(split):
         assert not set(split.choices or ()) & {"group", "random", "block", "keep"}, f"{verb}: --split is a method"
     if rules.get("split"):
-        assert split is not None and not isinstance(split, Deprecated), f"{verb}: no --split"
+        assert split is not None and not is_old_spelling(split), f"{verb}: no --split"
     workers = _option(parser, "--workers")
     if workers is not None and verb == "serve":
-        assert isinstance(workers, Deprecated), "serve's model processes are --workers-per-device"
+        assert is_old_spelling(workers), "serve's model processes are --workers-per-device"
     if rules.get("config"):
         assert _option(parser, "--config") is not None, f"{verb}: no --config"
 

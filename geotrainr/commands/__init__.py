@@ -55,6 +55,11 @@ class Deprecated(argparse.Action):
         setattr(namespace, self.store, self.const if self.nargs == 0 else values)
 
 
+def is_old_spelling(action: argparse.Action) -> bool:
+    """Whether a parser's action is a deprecated spelling (it names its replacement in ``new``)."""
+    return isinstance(action, Deprecated) or bool(getattr(action, "new", None))
+
+
 def deprecated(parser: argparse.ArgumentParser | argparse._ArgumentGroup, old: str, new: str, store: str,
                flag: bool = False, **kwargs: Any) -> argparse.Action:
     """Add ``old`` (an option like ``--rebuild``, or a positional name) as a hidden old spelling of ``new``.

@@ -14,6 +14,8 @@ from typing import Any, NoReturn
 
 from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser
 
+from geotrainr.commands import warn_deprecated
+
 from geotrainr.countries import resolve_countries
 from geotrainr.data.scrape.backends import CHROME_BINARY, CHROMEDRIVER
 from geotrainr.data.scrape.client import GOOGLE_API_URL, KEY_ENV, SECRET_ENV, ImageSpec, parse_size
@@ -66,7 +68,7 @@ class ScrapeParser(ArgumentParser):
         for old, (new, dest, convert) in DEPRECATED.items():
             value = ns.get(old)
             if value is not None and value is not False:
-                deprecated(f"--{old.replace('_', '-')}", new)
+                warn_deprecated(self.prog, f"--{old.replace('_', '-')}", new)
                 converted = convert(value)
                 if converted is not None:
                     ns[dest] = converted
@@ -74,9 +76,6 @@ class ScrapeParser(ArgumentParser):
         return ns
 
 
-def deprecated(old: str, new: str) -> None:
-    """The one stderr line of a deprecated spelling (which then behaves like ``new``)."""
-    print(f"geotrainr {VERB}: warning: {old} is deprecated, use {new}", file=sys.stderr)
 
 
 def _one_of(ns: Any, argv: list[str], *dests: str) -> None:
@@ -194,9 +193,12 @@ def build_parser(prog: str) -> ScrapeParser:
     g.add_argument("--shard-rows", metavar="N", type=int, default=500, help="rows per parquet shard written while collecting (default 500)")
     g.add_argument("--quiet", **_flag("no progress bar"))
     # deprecated spellings: hidden, mapped to the new ones by ScrapeParser.parse_args with one warning line
-    g.add_argument("--workers", type=int, default=None, help=argparse.SUPPRESS)
-    g.add_argument("--split", choices=["pano", "block"], default=None, help=argparse.SUPPRESS)
-    g.add_argument("--force-settings", **{**_flag(""), "help": argparse.SUPPRESS})
+    # (config files may use them too, so they are mapped after parsing rather than by commands.Deprecated)
+    old = [g.add_argument("--workers", type=int, default=None, help=argparse.SUPPRESS),
+           g.add_argument("--split", choices=["pano", "block"], default=None, help=argparse.SUPPRESS),
+           g.add_argument("--force-settings", **{**_flag(""), "help": argparse.SUPPRESS})]
+    for action in old:
+        action.new = DEPRECATED[action.dest][0]  # what commands.is_old_spelling reads
     return p
 
 
