@@ -31,10 +31,10 @@ from geotrainr.data.dataset import collate_skip
 from geotrainr.errors import GeotrainrError
 from geotrainr.files import write_text_atomic
 from geotrainr.locator import Locator
-from geotrainr.metrics import METRIC_LABELS, country_accuracy, metrics_table
+from geotrainr.metrics import country_accuracy, metrics_table
 from geotrainr.predictions import make_guesses, write_records
 
-__all__ = ["METRIC_LABELS", "Evaluation", "ReportError", "evaluate", "make_report", "metrics_table", "write_report"]
+__all__ = ["Evaluation", "ReportError", "evaluate", "make_report", "write_report"]
 
 class ReportError(GeotrainrError, ValueError):
     """The report cannot be made (unknown or empty split, unusable index or output folder)."""

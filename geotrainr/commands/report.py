@@ -11,7 +11,8 @@ from geotrainr.commands import add_device, add_force, add_out, refuse_existing
 from geotrainr.config_files import register_parser_mode, resolve_config
 from geotrainr.locator import RUNTIMES
 from geotrainr.progress import progress_bar
-from geotrainr.report import ReportError, evaluate, metrics_table, write_report
+from geotrainr.metrics import metrics_table
+from geotrainr.report import ReportError, evaluate, write_report
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
