@@ -16,6 +16,7 @@ from pathlib import Path
 
 from geotrainr.commands import OutputExistsError, lightning_device_args, warn_deprecated
 from geotrainr.errors import GeotrainrError
+from geotrainr.runs import run_checkpoint
 from geotrainr.version import __version__
 
 LIGHTNING_VERBS = {
@@ -101,7 +102,10 @@ def lightning_args(verb: str, args: Sequence[str]) -> list[str]:
     args = list(args)
     out: list[str] = []
     if verb in LIGHTNING_MODEL_VERBS and args and not args[0].startswith("-"):
-        out.append(f"--ckpt_path={args.pop(0)}")
+        ckpt, config = run_checkpoint(args.pop(0))
+        if config is not None and not any(a in ("-c", "--config") or a.startswith("--config=") for a in args):
+            out += ["--config", str(config)]  # the run's own settings: its data, its trainer
+        out.append(f"--ckpt_path={ckpt}")
     force = "--force" in args
     predictions = None
     i = 0

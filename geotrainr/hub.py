@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData, ModelHubMixin
 from safetensors.torch import save_file
 
 from geotrainr.artifact import CONFIG_NAME, WEIGHTS_NAME, CheckpointError
-from geotrainr.files import replace_folder
+from geotrainr.files import staged_folder
 from geotrainr.loading import build_model, load_model, read_source
 from geotrainr.onnx_runtime import ONNX_NAME, export_onnx
 from geotrainr.metrics import metrics_table
@@ -207,17 +206,11 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, force: b
         raise ExportError(f"{out}: folder exists and is not empty (use --force to replace it)")
     artifact = read_source(checkpoint)
     model = build_model(artifact)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        onnx = format == "onnx"
+    onnx = format == "onnx"
+    with staged_folder(out) as tmp:
         ExportedModel(model, {k: artifact.record.get(k) for k in ("metrics", "data")}, onnx=onnx).save_pretrained(tmp)
         if onnx:
             export_onnx(model, tmp / ONNX_NAME, tmp / WEIGHTS_NAME)
-        replace_folder(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

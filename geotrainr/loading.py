@@ -29,13 +29,13 @@ from torch import nn
 from geotrainr.artifact import CONFIG_NAME, WEIGHTS_NAME, Artifact, CheckpointError, read_checkpoint, read_exported
 from geotrainr.errors import GeotrainrError
 from geotrainr.preprocess import Preprocessing
+from geotrainr.runs import RUN_BEST
 from geotrainr.tasks import TASKS, GeoTask
 
 #: Hyper-parameters that name files or the network when a task is trained; a loaded model takes its
 #: weights (and geocells) from its own file, so these are reset.
 TRAINING_ONLY = {"weights": None, "pretrained": False, "init_from": None, "geocells": None}
 #: where ``geotrainr fit`` keeps a run's best checkpoint, under the run folder
-RUN_BEST = Path("checkpoints") / "best.ckpt"
 #: a Hugging Face Hub repository id
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
 _NON_REGISTRY_PREFIXES = ("hf-hub:", "hf_hub:", "local-dir:", "local_dir:")
@@ -178,5 +178,5 @@ def load_model(source: str | os.PathLike, kind: str | None = None, device: str |
     return build_model(artifact).to(device)
 
 
-__all__ = ["RUN_BEST", "TRAINING_ONLY", "build_model", "class_path", "hub_snapshot", "load_model", "offline_backbone", "read_source",
+__all__ = ["TRAINING_ONLY", "build_model", "class_path", "hub_snapshot", "load_model", "offline_backbone", "read_source",
            "task_arguments", "task_class"]

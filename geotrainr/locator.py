@@ -9,7 +9,7 @@ locates paths, bytes or PIL images in batches, and answers with
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -17,6 +17,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from geotrainr.progress import ProgressCallback
 from geotrainr.errors import GeotrainrError
 from geotrainr.loading import load_model
 from geotrainr.onnx_runtime import load_onnx
@@ -147,20 +148,20 @@ class Locator:
         images: Sequence,
         batch_size: int = 32,
         num_workers: int | None = None,
-        progress: Callable[[int], None] | None = None,
+        progress: ProgressCallback | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None, dict[int, str]]:
         """Batched forward pass over photos (paths or PIL images).
 
         Returns ``latlon`` (N, 2; NaN where an image failed), ``probs`` (N, C or None
         for linear coordinate models) and ``{position: error message}`` of the failures.
         ``num_workers`` decoding processes (default: some for large lists of files).
-        ``progress`` is called with the number of images done after each batch.
+        ``progress`` is called with (images done, images in all) after each batch.
         """
         out = self._predict(images, batch_size, num_workers, progress)
         return out["latlon"], out.get("probs"), out["errors"]
 
     def _predict(self, images: Sequence, batch_size: int, num_workers: int | None,
-                 progress: Callable[[int], None] | None) -> dict:
+                 progress: ProgressCallback | None) -> dict:
         """:meth:`predict` with every array the model gives (``cell_probs`` of geocell models too)."""
         images = list(images)
         n = len(images)
@@ -191,7 +192,7 @@ class Locator:
                             result[key][idx] = out[key].float().cpu().numpy()
                 done += len(idx) + len(failed)
                 if progress is not None:
-                    progress(done)
+                    progress(done, n)
         return result
 
     def _cell_decoder(self) -> CellDecoder:
@@ -220,7 +221,7 @@ class Locator:
         top_k: int = 5,
         batch_size: int = 32,
         num_workers: int | None = None,
-        progress: Callable[[int], None] | None = None,
+        progress: ProgressCallback | None = None,
     ) -> list[Guess]:
         """One :class:`Guess` per photo, in input order; unreadable photos get ``error`` set instead of raising.
 
@@ -229,7 +230,7 @@ class Locator:
             top_k: how many countries to list per photo.
             batch_size: photos per forward pass.
             num_workers: decoding processes (default: some for large lists of files).
-            progress: called with the number of photos done after each batch.
+            progress: called with (photos done, photos in all) after each batch.
         """
         if isinstance(images, (str, os.PathLike, Image.Image, bytes, bytearray, memoryview)):
             images = [images]

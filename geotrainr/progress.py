@@ -4,26 +4,25 @@ from __future__ import annotations
 
 import sys
 from contextlib import contextmanager
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from tqdm.auto import tqdm
 
+#: the one shape of the library's ``progress`` arguments: called with (items done so far, items in all)
+ProgressCallback = Callable[[int, int], None]
+
 
 class Progress:
-    """A tqdm bar fed with running totals (what the library's ``progress`` callbacks report)."""
+    """A tqdm bar fed with running totals: pass it as any ``progress`` argument of the library."""
 
     def __init__(self, bar: tqdm):
         self.bar = bar
 
-    def done(self, count: int) -> None:
-        """``count`` items are done so far."""
-        self.bar.update(max(0, count - self.bar.n))
-
-    def done_of(self, count: int, total: int) -> None:
-        """``count`` of ``total`` items are done so far."""
+    def __call__(self, done: int, total: int) -> None:
+        """``done`` of ``total`` items are done so far."""
         if self.bar.total != total:
             self.bar.total = total
-        self.done(count)
+        self.bar.update(max(0, done - self.bar.n))
 
 
 @contextmanager

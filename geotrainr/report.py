@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import torch
 from geotrainr import maps, plots
 from geotrainr.data.datamodule import GeoDataModule
 from geotrainr.data.dataset import collate_skip
+from geotrainr.progress import ProgressCallback
 from geotrainr.errors import GeotrainrError
 from geotrainr.files import write_text_atomic
 from geotrainr.locator import Locator
@@ -83,7 +83,7 @@ def evaluate(
     batch_size: int = 64,
     num_workers: int | None = None,
     device: str | torch.device | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressCallback | None = None,
     top_k: int = 5,
     runtime: str = "torch",
 ) -> Evaluation:

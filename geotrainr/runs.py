@@ -35,6 +35,26 @@ class RunNotFoundError(GeotrainrError, FileNotFoundError):
     """No run under the root folder has the checkpoint asked for."""
 
 
+#: where a run folder keeps its best checkpoint and its full config
+RUN_BEST = Path("checkpoints") / "best.ckpt"
+RUN_CONFIG = "config.yaml"
+
+
+def run_checkpoint(model: str | os.PathLike) -> tuple[Path, Path | None]:
+    """The checkpoint a MODEL of validate/test/predict names (a run folder: its best one), and the config.yaml of
+    the run it belongs to, if any (the settings the model was trained with: its data, its trainer)."""
+    path = Path(model)
+    if path.is_dir():
+        if not (path / RUN_BEST).is_file():
+            raise RunNotFoundError(f"{model}: not a run folder (no {RUN_BEST}); validate, test and predict take a "
+                                   "checkpoint or a run folder (an exported model: geotrainr report MODEL --index INDEX)")
+        ckpt, run = path / RUN_BEST, path
+    else:
+        ckpt, run = path, path.parent.parent if path.parent.name == "checkpoints" else None
+    config = run / RUN_CONFIG if run is not None and (run / RUN_CONFIG).is_file() else None
+    return ckpt, config
+
+
 def find_checkpoint(root: str | os.PathLike, which: str = "last") -> Path:
     """The newest ``checkpoints/<which>.ckpt`` under ``root`` (by modification time), in any run folder.
 

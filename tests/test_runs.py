@@ -60,6 +60,11 @@ def test_two_fits_share_no_file_and_validate_test_never_touch_them(tiny_index, t
     assert {k: v for k, v in after.items() if k.startswith(("country/version_0/", "country/version_1/"))} == before
     assert not any("checkpoints" in k for k in after if k.startswith(("country/version_2/", "country/version_3/")))
 
+    # a run folder as MODEL, no --config: its best checkpoint with the run's own config.yaml (data, trainer)
+    assert main(["validate", str(first)]) == 0
+    assert json.loads((tmp_path / "runs/country/version_4/metrics-validate.json").read_text()) == \
+        json.loads((tmp_path / "runs/country/version_2/metrics-validate.json").read_text())
+
 
 def test_ckpt_path_last_resumes_the_newest_run_in_its_own_folder(tiny_index, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)

@@ -28,18 +28,15 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
     from geotrainr.data.hf_export import export_dataset
-    from geotrainr.data.index import read_index
+    from geotrainr.progress import progress_bar
 
     if args.index is None:
         raise ExportError("give the index to export: --index INDEX")
     refuse_existing(args.out, args.force)
-    total = len(read_index(args.index, columns=["lat"]))
-    with tqdm(total=total, desc="exporting", unit="img", leave=False, mininterval=1.0) as bar:
+    with progress_bar("exporting", unit="img") as bar:
         result = export_dataset(args.index, args.out, shard_mb=args.shard_mb, name=args.name, licence=args.licence,
-                                progress=bar.update)
+                                progress=bar)
     print("split       images  shards")
     for split, n in result.rows.items():
         print(f"{split:<10} {n:>7}  {result.shards[split]:>6}")

@@ -176,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
 
     with progress_bar("locate", total=len(files), unit="photo") as bar:
         guesses = locator.locate(files, top_k=args.top_k, batch_size=args.batch_size, num_workers=args.workers,
-                                 progress=bar.done)
+                                 progress=bar)
     failed = [g for g in guesses if not g.ok]
     for g in failed:
         print(f"geotrainr locate: error: {g.error}", file=sys.stderr)

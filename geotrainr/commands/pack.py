@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     with progress_bar("packing", unit="img") as bar:
         result = pack(args.index, target, max_side=args.max_side, quality=args.quality,
                       rows_per_group=args.rows_per_group, groups_per_shard=args.groups_per_shard, seed=args.seed,
-                      workers=workers, progress=bar.done_of)
+                      workers=workers, progress=bar)
     if replace:
         replace_folder(target, replace)
         result.out = str(replace)

@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
             index = args.index or "demo"
         with progress_bar("report", unit="img") as bar:
             ev = evaluate(args.model, index=index, split=split, batch_size=args.batch_size, num_workers=args.workers,
-                          device=device, progress=bar.done_of, runtime=args.runtime)
+                          device=device, progress=bar, runtime=args.runtime)
     if args.truth:  # the temporary index is gone: name the listing instead
         ev.index = args.truth
     print_report(ev, write_report(ev, args.out, checkpoint=args.model))
@@ -131,7 +131,7 @@ def run_benchmark_report(args: argparse.Namespace) -> int:
     device = None if args.device == "auto" else args.device
     with progress_bar(args.benchmark, unit="img") as bar:
         ev = run_benchmark(args.model, args.benchmark, args.data, images=args.images, columns=parse_columns(args.columns),
-                           batch_size=args.batch_size, num_workers=args.workers, device=device, progress=bar.done_of,
+                           batch_size=args.batch_size, num_workers=args.workers, device=device, progress=bar,
                            runtime=args.runtime)
     page = write_report(ev, args.out, checkpoint=args.model, title=f"geotrainr on {args.benchmark}")
     table = standard_table(ev, args.benchmark, label=Path(str(args.model)).name or str(args.model))

@@ -17,10 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +27,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from huggingface_hub import DatasetCard, DatasetCardData
 
-from geotrainr.files import replace_folder
+from geotrainr.progress import ProgressCallback
+from geotrainr.files import staged_folder
 from geotrainr.data.schema import SPLITS, IndexValidationError, image_label
 from geotrainr.data.index import index_root, read_index, rows_outside, validate_index
 from geotrainr.data.image_files import open_image_source
@@ -234,7 +232,7 @@ def export_dataset(
     shard_mb: float = 500.0,
     name: str | None = None,
     licence: str | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> ExportResult:
     """Write ``index`` as a Hugging Face dataset folder at ``out`` (replaced whole, atomically).
 
@@ -260,12 +258,8 @@ def export_dataset(
                 result.warnings.append(f"{n} images come from {src}: {why}; do not publish this export")
     if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or ((out / "README.md").is_file() and (out / "data").is_dir()))):
         raise ExportError(f"{out} exists and is not a dataset export: choose another --out (nothing is overwritten)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the export is an ordinary folder
-    try:
+    done = 0
+    with staged_folder(out) as tmp:
         (tmp / "data").mkdir()
         features = None
         for split in SPLITS:
@@ -296,8 +290,9 @@ def export_dataset(
                 images.append((data, _image_name(sub, i)))
                 size += len(data)
                 total_bytes += len(data)
+                done += 1
                 if progress is not None:
-                    progress(1)
+                    progress(done, len(df))
                 if size >= shard_mb * 1e6:
                     flush(i + 1)
                     start, size, images = i + 1, 0, []
@@ -309,10 +304,6 @@ def export_dataset(
             result.nbytes[split] = int(total_bytes + table.nbytes)
             result.shards[split] = len(written)
         _card(df, result, features, name or out.name, str(index)).save(tmp / "README.md")
-        replace_folder(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
     return result

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pyarrow.parquet as pq
 
 from geotrainr.data.packed.manifest import PACK_MANIFEST as MANIFEST
 from geotrainr.data.packed.manifest import PACK_PARTIAL as PARTIAL
+from geotrainr.progress import ProgressCallback
 from geotrainr.data.schema import SPLITS
 from geotrainr.data.splits import assign_splits
 from geotrainr.data.image_files import open_image_source
@@ -205,7 +205,7 @@ def pack(
     groups_per_shard: int = 16,
     seed: int = 0,
     workers: int = 1,
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> PackResult:
     """Write ``index`` (files, zip members or embedded bytes) as a packed set at ``out`` (a folder or a URL).
 
