@@ -119,9 +119,9 @@ def test_interrupted_pack_is_refused_then_resumed(tmp_path, monkeypatch):
 def test_pack_cli_and_one_line_errors(tmp_path, capsys):
     index = build_tiny_index(tmp_path / "src", n=24)
     out = tmp_path / "packed"
-    assert main(["pack", str(index), "--out", str(out), "--rows-per-group", "4", "--workers", "2"]) == 0
+    assert main(["pack", "--index", str(index), "--out", str(out), "--rows-per-group", "4", "--workers", "2"]) == 0
     assert "wrote 24 images" in capsys.readouterr().out
-    assert main(["pack", str(index), "--out", str(out)]) == 2
+    assert main(["pack", "--index", str(index), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert "already holds a finished pack" in err and len(err.splitlines()) == 1
     assert main(["pack", str(index), "--out", str(tmp_path / "q"), "--quality", "0"]) == 2

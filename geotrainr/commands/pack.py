@@ -47,7 +47,7 @@ def _replaced(out: str, force: bool) -> Path | None:
     finished = local and (Path(out) / PACK_MANIFEST).is_file()
     if not force:
         if finished:
-            raise OutputExistsError(f"--out {out} holds a finished pack; add --force to replace it")
+            raise OutputExistsError(f"--out {out} already holds a finished pack; add --force to replace it")
         return None
     if not local:
         raise PackError(f"--force replaces local folders only; remove {out} to pack there again")
