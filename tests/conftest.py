@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -71,3 +72,11 @@ def demo_index(tmp_path_factory) -> Path:
     path = ensure_demo(out)
     os.environ["GEOTRAINR_DEMO_DIR"] = str(out)
     return path
+
+
+DEPRECATION = re.compile(r"^geotrainr [\w-]+: warning: .+ is deprecated, use ")
+
+
+def error_lines(err: str) -> list[str]:
+    """What a command printed on stderr, less the one line each deprecated spelling adds (old spellings are doors too)."""
+    return [line for line in err.strip().splitlines() if not DEPRECATION.match(line)]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import build_tiny_index
+from conftest import build_tiny_index, error_lines
 from geotrainr.artifact import CheckpointError, read_checkpoint
 from geotrainr.cli import main
 from geotrainr.loading import load_model
@@ -48,7 +48,7 @@ def _one_line_refusal(capsys, argv, *needles) -> str:
     code = main([str(a) for a in argv])
     err = capsys.readouterr().err
     assert code == 2, (argv[0], code, err)
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, (argv[0], err)
+    assert "Traceback" not in err and len(error_lines(err)) == 1, (argv[0], err)
     assert "weights_only" not in err  # never the advice to load a file unsafely
     for needle in needles:
         assert needle in err, (argv[0], needle, err)
@@ -66,7 +66,8 @@ def _ckpt_doors(path: Path, scene: dict, tmp_path: Path) -> list[list]:
         ["explain", path, scene["img"], "--out", tmp_path / "h.png"],
         ["report", path, "--index", scene["index"], "--out", tmp_path / "r"],
         ["export", path, "--out", tmp_path / "x"],
-        ["predict", "--ckpt_path", path, scene["img"], "--predictions", tmp_path / "p.csv"],
+        ["predict", path, scene["img"], "-o", tmp_path / "p.csv"],
+        ["predict", "--ckpt_path", path, scene["img"], "--predictions", tmp_path / "p.csv"],  # the old spelling
         ["validate", "--config", COUNTRY, idx, "--ckpt_path", path, *quiet],
         ["test", "--config", COUNTRY, idx, "--ckpt", path, *quiet],  # an abbreviation of --ckpt_path
         ["validate", "--config", COUNTRY, "--config", config, idx, *quiet],  # ckpt_path: in a config file

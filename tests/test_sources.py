@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from conftest import make_image
+from conftest import error_lines, make_image
 from geotrainr.cli import main
 from geotrainr.data.index import read_index, validate_index
 
@@ -243,12 +243,12 @@ def test_columns_map_any_csv(tmp_path, capsys):
     csv.write_text("file,Latitude,Longitude,cc\n0.jpg,52.52,13.4,de\n1.jpg,48.85,2.35,\n2.jpg,-22.9,-43.2,BR\n")
     out = tmp_path / "o.parquet"
     spec = "path=file,lat=Latitude,lon=Longitude,country=cc"
-    assert main(["index", "--csv", str(csv), "--columns", spec, "--images", str(tmp_path / "pics"), "--out", str(out)]) == 0
+    assert main(["index", str(csv), "--columns", spec, "--images", str(tmp_path / "pics"), "--out", str(out)]) == 0
     df = read_index(out).sort_values("image_path")
     assert df["country"].tolist() == ["DE", "FR", "BR"] and df["lat"].tolist() == [52.52, 48.85, -22.9]
-    assert main(["index", "--csv", str(csv), "--columns", "lat=Breite", "--out", str(out)]) == 2
+    assert main(["index", str(csv), "--columns", "lat=Breite", "--out", str(tmp_path / "o2.parquet")]) == 2
     assert "no column 'Breite'" in capsys.readouterr().err
-    assert main(["index", "--csv", str(csv), "--columns", "latitude", "--out", str(out)]) == 2
+    assert main(["index", str(csv), "--columns", "latitude", "--out", str(tmp_path / "o2.parquet")]) == 2
     assert "NAME=COLUMN" in capsys.readouterr().err
 
 
@@ -293,7 +293,7 @@ def test_header_check_drops_and_lists_empty_and_truncated_images(tmp_path, capsy
     assert "skipped 3 item(s)" in err and "empty file" in err and "DE_61.0,10.0.jpg" in err and "Traceback" not in err
     listing = pd.read_csv(tmp_path / "index.skipped.csv")
     assert sorted(listing["item"].str.split("/").str[-1]) == ["DE_60.0,10.0.jpg", "DE_61.0,10.0.jpg", "DE_62.0,10.0.png"]
-    assert main(["index", str(folder), "--out", str(out), "--no-check"]) == 0
+    assert main(["index", str(folder), "--out", str(out), "--no-check", "--force"]) == 0
     assert len(read_index(out)) == 8 and not (tmp_path / "index.skipped.csv").exists()
 
 
@@ -349,12 +349,12 @@ def test_index_cli_default_split_is_grouped(tmp_path, capsys):
         make_image(tmp_path / "src" / p, seed=len(p))
     df.to_csv(tmp_path / "src" / "views.csv", index=False)
     out = tmp_path / "index.parquet"
-    assert main(["index", "--csv", str(tmp_path / "src" / "views.csv"), "--out", str(out)]) == 0
+    assert main(["index", str(tmp_path / "src" / "views.csv"), "--out", str(out)]) == 0
     split = read_index(out)
     assert (split.groupby(["lat", "lon"])["split"].nunique() == 1).all()
     assert "places with views in more than one split: 0" in capsys.readouterr().out
-    assert main(["index", "--csv", str(tmp_path / "src" / "views.csv"), "--out", str(out), "--split", "random"]) == 0
-    assert "use --split group or block" in capsys.readouterr().out
+    assert main(["index", str(tmp_path / "src" / "views.csv"), "--out", str(out), "--split-by", "random", "--force"]) == 0
+    assert "use --split-by group or block" in capsys.readouterr().out
 
 
 def test_test_stage_without_test_split_says_so(tiny_index, capsys):
@@ -388,4 +388,4 @@ def test_real_photos_as_a_benchmark_fixture(tmp_path):
 def test_exactly_one_source(tmp_path, capsys, argv):
     assert main(["index", *argv, "--out", str(tmp_path / "o.parquet")]) == 2
     err = capsys.readouterr().err
-    assert "exactly one source" in err and len(err.strip().splitlines()) == 1
+    assert "exactly one source" in err and len(error_lines(err)) == 1
