@@ -62,7 +62,7 @@ def free_port() -> int:
 
 
 def start(model: Path, batch: int, timeout_s: float, extra: list[str]) -> tuple[subprocess.Popen, str]:
-    import requests
+    from geotrainr.serve import wait_until_healthy
 
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -72,16 +72,10 @@ def start(model: Path, batch: int, timeout_s: float, extra: list[str]) -> tuple[
                             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     log.close()
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{Path(log.name).read_text()[-3000:]}")
-        try:
-            if requests.get(f"{url}/health", timeout=2).status_code == 200:
-                return proc, url
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.3)
+    if wait_until_healthy(url, timeout_s, proc):
+        return proc, url
+    if proc.poll() is not None:
+        raise RuntimeError(f"server exited with {proc.returncode}:\n{Path(log.name).read_text()[-3000:]}")
     os.killpg(proc.pid, signal.SIGKILL)
     raise RuntimeError(f"server not healthy after {timeout_s} s")
 

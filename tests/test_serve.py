@@ -27,6 +27,8 @@ from test_locate import tiny_checkpoints
 requests = pytest.importorskip("requests")
 pytest.importorskip("litserve")
 
+from geotrainr.serve import wait_until_healthy  # noqa: E402 - after the skip: it needs litserve
+
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "realphotos" / "osv5m" / "images"
 #: the test server's limits, small enough to refuse quickly
@@ -58,16 +60,10 @@ def start_server(model: Path, *extra: str, cwd: Path) -> tuple[subprocess.Popen,
     log.close()
     proc.log = cwd / "server.log"
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited with {proc.returncode}:\n{proc.log.read_text()}")
-        try:
-            if requests.get(f"{url}/health", timeout=2).status_code == 200:
-                return proc, url
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.3)
+    if wait_until_healthy(url, 240, proc):
+        return proc, url
+    if proc.poll() is not None:
+        raise AssertionError(f"server exited with {proc.returncode}:\n{proc.log.read_text()}")
     stop(proc)
     raise AssertionError("server did not become healthy in 240 s")
 

@@ -17,8 +17,8 @@ combines them (:func:`geotrainr.multiview.group`).
 """
 
 from geotrainr.serve.answers import answer, model_card
-from geotrainr.serve.server import ServeSettings, build_server, serve
+from geotrainr.serve.server import ServeSettings, build_server, serve, wait_until_healthy
 from geotrainr.serve.uploads import Limits, Refused, ServeError, check_photo, read_photos
 
 __all__ = ["Limits", "Refused", "ServeError", "ServeSettings", "answer", "build_server", "check_photo", "model_card",
-           "read_photos", "serve"]
+           "read_photos", "serve", "wait_until_healthy"]

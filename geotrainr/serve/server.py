@@ -8,7 +8,9 @@ import io
 import math
 import os
 import signal
+import subprocess
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -270,4 +272,21 @@ def serve(settings: ServeSettings) -> None:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def wait_until_healthy(url: str, timeout: float, process: subprocess.Popen | None = None) -> bool:
+    """Whether the server at ``url`` answers ``GET /health`` with 200 within ``timeout`` seconds; False as soon as
+    ``process`` (the server's own) has exited. For scripts and tests that start ``geotrainr serve`` themselves."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            return False
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return True
+        except OSError:  # refused while it starts, an HTTP error, a slow answer: ask again
+            pass
+        time.sleep(0.3)
+    return False
 
