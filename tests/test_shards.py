@@ -124,6 +124,10 @@ def test_pack_cli_and_one_line_errors(tmp_path, capsys):
     assert main(["pack", "--index", str(index), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert "already holds a finished pack" in err and len(err.splitlines()) == 1
+    assert main(["pack", "--index", str(index), "--out", str(out), "--rows-per-group", "6", "--force"]) == 0
+    assert "wrote 24 images in" in capsys.readouterr().out  # packed anew, then swapped in whole
+    assert json.loads((out / pack_manifest.PACK_MANIFEST).read_text())["shards"][0]["row_groups"][0] == 6
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["packed", "src"]  # nothing staged is left beside it
     assert main(["pack", str(index), "--out", str(tmp_path / "q"), "--quality", "0"]) == 2
     assert main(["pack", str(tmp_path / "nope.parquet"), "--out", str(tmp_path / "r")]) == 2
     assert len(read_index(out)) == 24

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 from pathlib import Path
 
 from geotrainr.commands import OutputExistsError, add_force, add_out, deprecated
 from geotrainr.data.packed.manifest import PACK_MANIFEST
-from geotrainr.files import replace_folder
+from geotrainr.files import staged_folder
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
@@ -64,14 +65,12 @@ def run(args: argparse.Namespace) -> int:
         raise PackError("give the index to pack: --index INDEX")
     workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
     replace = _replaced(args.out, args.force)
-    target = replace.with_name(f".{replace.name}.{os.getpid()}.new") if replace else args.out
-    with progress_bar("packing", unit="img") as bar:
+    with progress_bar("packing", unit="img") as bar, \
+            (staged_folder(replace) if replace else contextlib.nullcontext(args.out)) as target:
         result = pack(args.index, target, max_side=args.max_side, quality=args.quality,
                       rows_per_group=args.rows_per_group, groups_per_shard=args.groups_per_shard, seed=args.seed,
                       workers=workers, progress=bar)
-    if replace:
-        replace_folder(target, replace)
-        result.out = str(replace)
+    result.out = str(args.out)
     print("split   images")
     for split, n in result.splits.items():
         if n:
