@@ -16,7 +16,7 @@ from pathlib import Path
 
 from geotrainr.commands import OutputExistsError, lightning_device_args, warn_deprecated
 from geotrainr.errors import GeotrainrError
-from geotrainr.runs import run_checkpoint
+from geotrainr.runs import RUN_CONFIG, RunNotFoundError, run_checkpoint
 from geotrainr.version import __version__
 
 LIGHTNING_VERBS = {
@@ -95,6 +95,20 @@ def _lightning_form(args: Sequence[str]) -> bool:
                for a in args)
 
 
+def _has_settings(args: Sequence[str]) -> bool:
+    """Whether LightningCLI arguments say what model and data to build (a config, or the sections themselves)."""
+    return any(a in ("-c", "--config", "-h", "--help") or a.startswith(("--config=", "--model", "--data")) for a in args)
+
+
+def _check_model_settings(model: str, args: Sequence[str]) -> None:
+    """A MODEL outside a run folder, given without a config: one line, where LightningCLI would print its usage."""
+    if not _has_settings(args):
+        ckpt = Path(model)
+        raise RunNotFoundError(f"{model}: no such checkpoint file or run folder" if not ckpt.exists() else
+                               f"{model}: not in a run folder (no {RUN_CONFIG} beside its checkpoints); give --config, "
+                               "the run's config.yaml or a shipped name such as country")
+
+
 def lightning_args(verb: str, args: Sequence[str]) -> list[str]:
     """The vocabulary on a LightningCLI verb as LightningCLI's settings: a leading MODEL is ``--ckpt_path``,
     ``--device`` the trainer's accelerator and devices, ``--index/--workers/--split/--out`` the data's and
@@ -103,7 +117,7 @@ def lightning_args(verb: str, args: Sequence[str]) -> list[str]:
     out: list[str] = []
     if verb in LIGHTNING_MODEL_VERBS and args and not args[0].startswith("-"):
         ckpt, config = run_checkpoint(args.pop(0))
-        if config is not None and not any(a in ("-c", "--config") or a.startswith("--config=") for a in args):
+        if config is not None and not _has_settings(args):
             out += ["--config", str(config)]  # the run's own settings: its data, its trainer
         out.append(f"--ckpt_path={ckpt}")
     force = "--force" in args
@@ -156,7 +170,10 @@ def main(args: Sequence[str] | None = None) -> int:
         from geotrainr.lightning_cli import run_lightning
 
         try:
-            return run_lightning(verb, lightning_args(verb, rest))
+            translated = lightning_args(verb, rest)
+            if verb in LIGHTNING_MODEL_VERBS and rest and not rest[0].startswith("-"):
+                _check_model_settings(rest[0], translated)
+            return run_lightning(verb, translated)
         except GeotrainrError as e:
             return _error(verb, str(e))
     else:

@@ -207,3 +207,15 @@ def test_last_ckpt_is_the_last_epoch_even_when_the_best_does_not_improve(tmp_pat
     assert torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=False)["epoch"] == 0
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 2
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+
+
+def test_a_model_without_its_run_config_is_one_line(tiny_index, tmp_path, monkeypatch, capsys):
+    """validate/test with a MODEL that has no run folder around it, and no --config: what is missing, in one line."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["validate", str(tmp_path / "nowhere")]) == 2
+    assert capsys.readouterr().err.strip() == f"geotrainr validate: error: {tmp_path / 'nowhere'}: no such checkpoint file or run folder"
+    loose = tmp_path / "loose.ckpt"
+    loose.write_bytes(b"not read before the config is known")
+    assert main(["test", str(loose)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not in a run folder" in err and "--config" in err
